@@ -125,6 +125,8 @@ class CanonicalDataset:
         `users` defaults to the distinct users of `events` (and of `edges`); `seq` is filled in
         from (`ts`, source order) when the loader did not set it.
         """
+        if "ts" not in events.columns:
+            events = events.with_columns(pl.lit(None, pl.Int64).alias("ts"))
         if "seq" not in events.columns:
             events = events.with_row_index("_order").sort("user_id", "ts", "_order", nulls_last=True)
             events = events.with_columns(

@@ -50,6 +50,7 @@ def read_table(
     names: list[str] | None = None,
     encoding: str = "utf-8",
     quoting: bool = True,
+    required: tuple[str, ...] | bool = (),
 ) -> pl.DataFrame:
     """Read a delimited text file and return `columns` cast to their dtypes.
 
@@ -61,6 +62,7 @@ def read_table(
         names: the column names when the file has no header (all of its fields, in order).
         encoding: the text encoding of the file.
         quoting: whether ``"`` quotes fields (CSV); off for TSV and ``.dat`` files.
+        required: columns that must have a value on every line (True: all of `columns`).
 
     Raises:
         DataError: naming the file, and the line and column for an unparsable value.
@@ -69,6 +71,8 @@ def read_table(
     if len(separator) > 1:
         text = text.replace(separator, _UNIT_SEPARATOR)
         separator = _UNIT_SEPARATOR
+    if not quoting:
+        _check_field_counts(path, text, separator, len(names) if names else None, has_header)
     try:
         raw = pl.read_csv(
             io.BytesIO(text.encode("utf-8")),
@@ -87,6 +91,12 @@ def read_table(
         raise DataError(path, f"missing column(s) {missing}", value=raw.columns,
                         expected=f"columns {list(columns)}")
     header_lines = 1 if has_header else 0
+    for name in (tuple(columns) if required is True else required or ()):
+        empty = raw[name].is_null() | (raw[name].str.strip_chars() == "")
+        if empty.any():
+            row = int(empty.arg_max())
+            raise DataError(path, "missing value", line=row + 1 + header_lines, column=name,
+                            expected="a value on every line")
     out = []
     for name, dtype in columns.items():
         col = raw[name]
@@ -101,3 +111,22 @@ def read_table(
                             value=col[row], expected=f"a {dtype} value")
         out.append(cast)
     return pl.DataFrame(out)
+
+
+def _check_field_counts(path: str | Path, text: str, separator: str, expected: int | None, has_header: bool) -> None:
+    """Without quoting, every line must have the same number of fields: name the first that does not.
+
+    (A parser would silently fill a short line with nulls, or stop with no line number.)
+    """
+    lines = pl.Series(text.split("\n"))
+    if len(lines) and lines[-1] == "":
+        lines = lines[:-1]
+    lines = lines.str.strip_suffix("\r")
+    counts = lines.str.count_matches(separator, literal=True) + 1
+    if expected is None:
+        expected = int(counts[0]) if len(counts) else 0
+    bad = (counts != expected) & (lines != "")
+    if bad.any():
+        row = int(bad.arg_max())
+        raise DataError(path, f"line has {counts[row]} fields", line=row + 1, value=lines[row][:80],
+                        expected=f"{expected} {separator!r}-separated fields")

@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking and classification metrics (later: A/B analysis, off-policy estimates)."""

@@ -1,0 +1,195 @@
+"""One frozen dataclass per component, read once from a TOML file at the entry point and passed down.
+
+No module reads files or environment variables on its own: `load_config` builds an `EngineConfig`
+and the CLI hands each part its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from feedcore.errors import DataError
+
+TaskKind = Literal["binary", "regression"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """One prediction task of the ranker, declared as data.
+
+    Args:
+        name: the key of its prediction, from the model to the wire (``task_scores``).
+        kind: ``binary`` (log loss, a probability) or ``regression`` (MSE on the event's value).
+        weight: its weight in the training loss.
+        event: the event type whose presence (binary) or value (regression) is the label.
+        threshold: for binary tasks on valued events: positive when value >= threshold.
+    """
+
+    name: str
+    kind: TaskKind = "binary"
+    weight: float = 1.0
+    event: str = "*"
+    threshold: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "ml-latest-small"
+    raw_root: str | None = None  # None: the dataset's default folder
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    max_history: int = 50
+    # The events that make up a user's history (and the retrieval targets); empty: all of them.
+    history_events: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    embedding_dim: int = 64
+    hidden_dim: int = 128
+    epochs: int = 3
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    temperature: float = 0.05
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    index_factory: str = "Flat"  # any faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF1024,PQ16
+    index_search_params: str = ""  # faiss ParameterSpace string, e.g. "nprobe=16" or "efSearch=128"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    embedding_dim: int = 32
+    dense_hidden: tuple[int, ...] = (64, 32)
+    cross_layers: int = 2
+    over_hidden: tuple[int, ...] = (128, 64)
+    tasks: tuple[TaskConfig, ...] = (
+        TaskConfig("engage", "binary", 1.0, "*"),
+        TaskConfig("like", "binary", 1.0, "rating", 4.0),
+    )
+    negatives_per_positive: int = 2
+    epochs: int = 2
+    batch_size: int = 1024
+    dense_learning_rate: float = 1e-3
+    sparse_learning_rate: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    max_page_size: int = 100
+    retrieval_candidates: int = 200
+    popular_candidates: int = 50
+    # Value model: final score = sum of weight * task prediction.
+    value_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"engage": 1.0, "like": 0.5})
+    max_workers: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    artifacts_dir: str = "artifacts/ml-latest-small"
+    data: DataConfig = DataConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    ranker: RankerConfig = RankerConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @property
+    def prepared_dir(self) -> Path:
+        return Path(self.artifacts_dir) / "data"
+
+    @property
+    def splits_dir(self) -> Path:
+        return Path(self.artifacts_dir) / "splits"
+
+    @property
+    def retrieval_path(self) -> Path:
+        return Path(self.artifacts_dir) / "retrieval" / "model.pt"
+
+    @property
+    def index_dir(self) -> Path:
+        return Path(self.artifacts_dir) / "index"
+
+    @property
+    def ranker_path(self) -> Path:
+        return Path(self.artifacts_dir) / "ranker" / "model.pt"
+
+
+def load_config(path: str | Path) -> EngineConfig:
+    """Read an EngineConfig from TOML; unknown keys and wrong types raise DataError naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "config file not found", expected="a TOML file such as configs/demo.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise DataError(path, f"invalid TOML: {e}") from e
+    return from_dict(EngineConfig, raw, source=str(path))
+
+
+def from_dict(cls: type, raw: dict[str, Any], *, source: str = "<config>", prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise DataError(source, "expected a table", column=prefix or None, value=raw)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise DataError(source, f"unknown key(s) {unknown}", column=prefix or None,
+                        expected=f"keys among {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _convert(hints[name], value, source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, source=source, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise DataError(source, "expected a list", column=key, value=value)
+        return tuple(_convert(args[0], v, source, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DataError(source, "expected a table", column=key, value=value)
+        return {str(k): _convert(args[1], v, source, key) for k, v in value.items()}
+    if origin is Literal:
+        if value not in args:
+            raise DataError(source, "unsupported value", column=key, value=value, expected=f"one of {list(args)}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, source, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise DataError(source, "wrong type", column=key, value=value, expected=hint.__name__)
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass, to save inside artifacts."""
+    return dataclasses.asdict(config)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError("<config>", "CUDA requested but not available", column="device", value=name,
+                        expected="auto or cpu on this machine")
+    return name

@@ -1,0 +1,207 @@
+"""Feature transforms shared by training and serving: vocabularies, item features, user histories.
+
+These pure functions are the only place a raw id becomes a model input, so the training pipeline
+and the server compute features the same way (no train/serve skew). Index 0 of every vocabulary
+means "unknown" (and padding): ids seen only at serving time map there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+UNKNOWN = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """A frozen string → index map; index 0 is reserved for unknown values."""
+
+    values: tuple[str, ...]
+
+    @classmethod
+    def from_series(cls, series: pl.Series) -> Vocabulary:
+        return cls(tuple(series.drop_nulls().unique().sort().to_list()))
+
+    def __len__(self) -> int:
+        return len(self.values) + 1
+
+    @property
+    def _index(self) -> dict[str, int]:
+        # Cached on first use; frozen dataclasses allow it through object.__setattr__.
+        try:
+            return self.__dict__["_cached_index"]
+        except KeyError:
+            index = {v: i + 1 for i, v in enumerate(self.values)}
+            object.__setattr__(self, "_cached_index", index)
+            return index
+
+    def encode(self, series: pl.Series) -> np.ndarray:
+        """Indices of `series` (int64), unknown and null → 0."""
+        mapping = pl.DataFrame({"v": self.values, "i": np.arange(1, len(self.values) + 1, dtype=np.int64)})
+        out = pl.DataFrame({"v": series.cast(pl.String)}).join(mapping, on="v", how="left", maintain_order="left")
+        return out["i"].fill_null(UNKNOWN).to_numpy()
+
+    def encode_one(self, value: str) -> int:
+        return self._index.get(value, UNKNOWN)
+
+    def decode(self, index: int) -> str | None:
+        return self.values[index - 1] if 0 < index <= len(self.values) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """The vocabularies and sizes that turn canonical tables into model inputs; saved with every model."""
+
+    users: Vocabulary
+    items: Vocabulary
+    content_types: Vocabulary
+    categories: Vocabulary
+    max_history: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "users": list(self.users.values),
+            "items": list(self.items.values),
+            "content_types": list(self.content_types.values),
+            "categories": list(self.categories.values),
+            "max_history": self.max_history,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            users=Vocabulary(tuple(d["users"])),
+            items=Vocabulary(tuple(d["items"])),
+            content_types=Vocabulary(tuple(d["content_types"])),
+            categories=Vocabulary(tuple(d["categories"])),
+            max_history=int(d["max_history"]),
+        )
+
+
+def build_feature_spec(items: pl.DataFrame, users: pl.DataFrame, max_history: int) -> FeatureSpec:
+    """Vocabularies over the whole catalogue and user table (ids only: no labels, no leakage)."""
+    return FeatureSpec(
+        users=Vocabulary.from_series(users["user_id"]),
+        items=Vocabulary.from_series(items["item_id"]),
+        content_types=Vocabulary.from_series(items["content_type"]),
+        categories=Vocabulary.from_series(items["categories"].explode()),
+        max_history=max_history,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFeatures:
+    """Per-item model inputs aligned with the item vocabulary (row i = item index i; row 0 unknown).
+
+    content_type: (N,) int64.  categories: CSR form, values of item i in
+    category_values[category_offsets[i]:category_offsets[i+1]].  popularity: (N,) float32 log1p
+    count of training events.
+    """
+
+    content_type: np.ndarray
+    category_offsets: np.ndarray
+    category_values: np.ndarray
+    popularity: np.ndarray
+
+    def categories_of(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths (B,) and concatenated values of the categories of `item_index` (B,)."""
+        starts = self.category_offsets[item_index]
+        lengths = self.category_offsets[item_index + 1] - starts
+        values = np.concatenate([self.category_values[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+                                or [np.zeros(0, np.int64)])
+        return lengths.astype(np.int64), values.astype(np.int64)
+
+
+def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: FeatureSpec) -> ItemFeatures:
+    """Item inputs for every item of the vocabulary, in vocabulary order."""
+    n = len(spec.items)
+    order = spec.items.encode(items["item_id"])
+    content_type = np.zeros(n, np.int64)
+    content_type[order] = spec.content_types.encode(items["content_type"])
+    cat_lists = [[] for _ in range(n)]
+    for idx, cats in zip(order, items["categories"].to_list(), strict=True):
+        cat_lists[idx] = [spec.categories.encode_one(c) for c in cats]
+    lengths = np.array([len(c) for c in cat_lists], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = np.array([c for cats in cat_lists for c in cats], np.int64)
+    counts = np.bincount(spec.items.encode(train_events["item_id"]), minlength=n).astype(np.float32)
+    return ItemFeatures(content_type, offsets, values, np.log1p(counts))
+
+
+def history_events(events: pl.DataFrame, event_types: tuple[str, ...]) -> pl.DataFrame:
+    """The events that make up user histories (all of them when `event_types` is empty)."""
+    return events if not event_types else events.filter(pl.col("event").is_in(list(event_types)))
+
+
+def sequences(events: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+    """One row per user: user_id and the item indices and ids of their events in ``seq`` order."""
+    return (
+        events.sort("user_id", "seq")
+        .with_columns(pl.Series("item_idx", spec.items.encode(events.sort("user_id", "seq")["item_id"])))
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_idx"), pl.col("item_id"))
+    )
+
+
+def latest_histories(events: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Serving-time histories: each user's last `max_history` item indices, oldest first."""
+    seqs = sequences(events, spec).with_columns(pl.col("item_idx").list.tail(spec.max_history))
+    return {u: np.asarray(h, np.int64) for u, h in seqs.select("user_id", "item_idx").iter_rows()}
+
+
+def histories_before_each_event(events: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+    """Training examples: for every event, the user's previous `max_history` items (oldest first).
+
+    Returns user_id, user_idx, item_idx and item_id (the event's item) and history (list of item indices).
+    It is `latest_histories` evaluated just before each event, so training sees exactly what the
+    server will compute.
+    """
+    seqs = sequences(events, spec).with_columns(pl.int_ranges(pl.col("item_idx").list.len()).alias("pos"))
+    exploded = seqs.explode("pos").with_columns(
+        pl.col("item_idx").list.get(pl.col("pos")).alias("target"),
+        pl.col("item_id").list.get(pl.col("pos")).alias("target_id"),
+        pl.col("item_idx")
+        .list.slice(pl.max_horizontal(pl.col("pos") - spec.max_history, pl.lit(0)),
+                    pl.min_horizontal(pl.col("pos"), pl.lit(spec.max_history)))
+        .alias("history"),
+    )
+    return exploded.select(
+        "user_id",
+        pl.Series("user_idx", spec.users.encode(exploded["user_id"])),
+        pl.col("target").alias("item_idx"),
+        pl.col("target_id").alias("item_id"),
+        "history",
+    )
+
+
+def pad_histories(histories: pl.Series | list[np.ndarray], max_len: int) -> np.ndarray:
+    """Right-aligned (B, L) int64 matrix of histories, left-padded with 0; longer ones keep the tail."""
+    if isinstance(histories, pl.Series):
+        lengths = histories.list.len().to_numpy().astype(np.int64)
+        flat = histories.explode().drop_nulls().to_numpy().astype(np.int64)
+    else:
+        lengths = np.array([len(h) for h in histories], np.int64)
+        flat = np.concatenate(list(histories) or [np.zeros(0, np.int64)]).astype(np.int64)
+    out = np.zeros((len(lengths), max_len), np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    keep = np.minimum(lengths, max_len)
+    rows = np.repeat(np.arange(len(lengths)), keep)
+    within = np.arange(keep.sum()) - np.repeat(np.concatenate([[0], np.cumsum(keep)[:-1]]), keep)
+    src = np.repeat(starts + lengths - keep, keep) + within
+    out[rows, max_len - np.repeat(keep, keep) + within] = flat[src]
+    return out
+
+
+def item_features_to_dict(features: ItemFeatures) -> dict[str, Any]:
+    """Plain tensors, for saving inside a checkpoint (so serving uses training's exact features)."""
+    import torch
+
+    return {f.name: torch.from_numpy(getattr(features, f.name)) for f in dataclasses.fields(features)}
+
+
+def item_features_from_dict(d: dict[str, Any]) -> ItemFeatures:
+    return ItemFeatures(**{k: v.numpy() for k, v in d.items()})

@@ -1,0 +1,78 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetFeedRequest(_message.Message):
+    __slots__ = ("user_id", "surface", "page_size", "cursor", "context", "experiment_overrides")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ExperimentOverridesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    surface: str
+    page_size: int
+    cursor: str
+    context: _containers.ScalarMap[str, str]
+    experiment_overrides: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., surface: _Optional[str] = ..., page_size: _Optional[int] = ..., cursor: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., experiment_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FeedItem(_message.Message):
+    __slots__ = ("item_id", "content_type", "score", "task_scores", "source", "explanation", "position", "title")
+    class TaskScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TASK_SCORES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    content_type: str
+    score: float
+    task_scores: _containers.ScalarMap[str, float]
+    source: str
+    explanation: str
+    position: int
+    title: str
+    def __init__(self, item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., score: _Optional[float] = ..., task_scores: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ..., explanation: _Optional[str] = ..., position: _Optional[int] = ..., title: _Optional[str] = ...) -> None: ...
+
+class GetFeedResponse(_message.Message):
+    __slots__ = ("items", "next_cursor", "request_id", "experiment_arm", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeedItem]
+    next_cursor: str
+    request_id: str
+    experiment_arm: str
+    model_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[FeedItem, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., request_id: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...

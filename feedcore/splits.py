@@ -1,0 +1,100 @@
+"""Train / validation / test splits of an events table.
+
+- ``leave_one_out``: per user, the last target event (by ``seq``) is test, the second-to-last
+  validation, the events before that training. Users with fewer than 3 target events stay entirely
+  in training. This is the protocol of SASRec / gSASRec / HSTU-style full-ranking benchmarks.
+- ``temporal``: one global cut-off in time: the latest ``test_fraction`` of target events (by
+  ``ts``) are test, the ``valid_fraction`` before them validation. Needs timestamps.
+
+Both guarantee that no training event comes after a held-out event of the same user in the order
+they are defined on, so nothing from the future leaks into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import polars as pl
+
+from feedcore.errors import DataError
+from feedcore.io import atomic_path
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+
+    def write(self, directory: str | Path) -> None:
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            for part in ("train", "valid", "test"):
+                getattr(self, part).write_parquet(tmp / f"{part}.parquet")
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Split:
+        directory = Path(directory)
+        parts = {}
+        for part in ("train", "valid", "test"):
+            path = directory / f"{part}.parquet"
+            if not path.is_file():
+                raise DataError(path, "split file not found", expected="a directory written by `feed data prepare`")
+            parts[part] = pl.read_parquet(path)
+        return cls(**parts)
+
+
+def leave_one_out(events: pl.DataFrame, target_events: tuple[str, ...] = ()) -> Split:
+    """Per user: the last target event → test, the second-to-last → valid, earlier events → train.
+
+    Target events are those of `target_events` types (all when empty); training keeps every event
+    (of any type) strictly before the validation event, so nothing after a held-out event leaks in.
+    Users with fewer than 3 target events stay entirely in training.
+    """
+    is_target = pl.lit(True) if not target_events else pl.col("event").is_in(list(target_events))
+    targets = events.filter(is_target).with_columns(
+        pl.col("seq").rank("ordinal", descending=True).over("user_id").alias("_from_end"),
+        pl.len().over("user_id").alias("_n"),
+    )
+    eligible = targets.filter(pl.col("_n") >= 3)
+    test = eligible.filter(pl.col("_from_end") == 1).drop("_from_end", "_n")
+    valid = eligible.filter(pl.col("_from_end") == 2).drop("_from_end", "_n")
+    cut = valid.select("user_id", pl.col("seq").alias("_cut"))
+    train = (
+        events.join(cut, on="user_id", how="left", maintain_order="left")
+        .filter(pl.col("_cut").is_null() | (pl.col("seq") < pl.col("_cut")))
+        .drop("_cut")
+    )
+    return Split(train, valid, test)
+
+
+def temporal(
+    events: pl.DataFrame,
+    target_events: tuple[str, ...] = (),
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> Split:
+    """A global time cut: target events at or after the cut-offs are validation / test; training
+    keeps every event before the first cut-off."""
+    if events["ts"].null_count():
+        raise DataError("<events>", "temporal split needs timestamps", column="ts",
+                        value=f"{events['ts'].null_count()} nulls", expected="a ts on every event")
+    ts = events["ts"]
+    t_test = ts.quantile(1.0 - test_fraction, "lower")
+    t_valid = ts.quantile(1.0 - test_fraction - valid_fraction, "lower")
+    is_target = pl.lit(True) if not target_events else pl.col("event").is_in(list(target_events))
+    return Split(
+        train=events.filter(pl.col("ts") < t_valid),
+        valid=events.filter(is_target & (pl.col("ts") >= t_valid) & (pl.col("ts") < t_test)),
+        test=events.filter(is_target & (pl.col("ts") >= t_test)),
+    )
+
+
+def make_split(events: pl.DataFrame, kind: str, target_events: tuple[str, ...] = ()) -> Split:
+    if kind == "leave_one_out":
+        return leave_one_out(events, target_events)
+    if kind == "temporal":
+        return temporal(events, target_events)
+    raise DataError("<data config>", "unknown split", column="split", value=kind,
+                    expected="leave_one_out or temporal")

@@ -1,0 +1,66 @@
+"""Ranker inputs: (user, item, history) rows → dense features and a KeyedJaggedTensor.
+
+`ranker_inputs` is the one function that builds model inputs, used by training and by the server's
+feature hydration alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torchrec import KeyedJaggedTensor
+
+from feedcore.features import ItemFeatures
+from ranker.model import SPARSE_FEATURES
+
+
+@dataclasses.dataclass
+class RankerBatch:
+    dense: torch.Tensor  # (B, Dd)
+    sparse: KeyedJaggedTensor  # keys SPARSE_FEATURES, stride B
+    labels: torch.Tensor | None = None  # (B, T), NaN = missing
+
+    def to(self, device: str) -> RankerBatch:
+        return RankerBatch(
+            self.dense.to(device),
+            self.sparse.to(torch.device(device)),
+            None if self.labels is None else self.labels.to(device),
+        )
+
+
+def ranker_inputs(
+    user: np.ndarray,
+    item: np.ndarray,
+    history: np.ndarray,
+    item_features: ItemFeatures,
+    labels: np.ndarray | None = None,
+) -> RankerBatch:
+    """Model inputs for B (user, candidate item) rows.
+
+    Args:
+        user: (B,) user indices.
+        item: (B,) candidate item indices.
+        history: (B, L) right-aligned history item indices, 0 = padding.
+        item_features: per-item content features and popularity.
+        labels: optional (B, T) float labels.
+    """
+    b = len(item)
+    hist_mask = history > 0
+    hist_lengths = hist_mask.sum(1)
+    cat_lengths, cat_values = item_features.categories_of(item)
+    ones = np.ones(b, np.int64)
+    lengths = np.concatenate([ones, ones, hist_lengths, ones, cat_lengths])
+    values = np.concatenate([user, item, history[hist_mask], item_features.content_type[item], cat_values])
+    sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(SPARSE_FEATURES),
+        values=torch.from_numpy(values.astype(np.int64)),
+        lengths=torch.from_numpy(lengths.astype(np.int32)),
+    )
+    dense = np.stack([item_features.popularity[item], np.log1p(hist_lengths).astype(np.float32)], axis=1)
+    return RankerBatch(
+        dense=torch.from_numpy(dense.astype(np.float32)),
+        sparse=sparse,
+        labels=None if labels is None else torch.from_numpy(labels.astype(np.float32)),
+    )

@@ -1,0 +1,98 @@
+"""Ranker training examples from canonical events.
+
+Positives: each (user, item) pair a user interacted with, at its first occurrence, with the user's
+history just before it. Labels per task from all of that pair's events (`TaskConfig`): binary = an
+event of the task's type (with value >= threshold where set); regression = the mean value of
+those events (missing otherwise).
+
+Negatives: the data holds positives only, so for each positive, `negatives_per_positive` items are
+sampled uniformly from the catalogue as non-engaged exposures (binary labels 0, regression
+missing), sharing the positive's history. Uniform sampling is the simplest exposure model; the
+retrieval issue replaces it with retrieved-but-not-engaged candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+
+from feedcore.config import TaskConfig
+from feedcore.features import FeatureSpec, histories_before_each_event, pad_histories
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerExamples:
+    user: np.ndarray  # (n,)
+    item: np.ndarray  # (n,)
+    history: np.ndarray  # (n, L)
+    labels: np.ndarray  # (n, T), NaN = missing
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def take(self, idx: np.ndarray) -> RankerExamples:
+        return RankerExamples(self.user[idx], self.item[idx], self.history[idx], self.labels[idx])
+
+
+def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataFrame:
+    """user_id, item_id and one label column per task, aggregated over each pair's events."""
+    aggs = []
+    for task in tasks:
+        match = pl.lit(True) if task.event == "*" else pl.col("event") == task.event
+        if task.kind == "binary":
+            if task.threshold is not None:
+                match = match & (pl.col("value") >= task.threshold)
+            aggs.append(match.any().cast(pl.Float32).alias(task.name))
+        else:
+            aggs.append(pl.col("value").filter(match).mean().cast(pl.Float32).alias(task.name))
+    return events.group_by("user_id", "item_id").agg(aggs)
+
+
+def make_examples(
+    history_events: pl.DataFrame,
+    label_events: pl.DataFrame,
+    spec: FeatureSpec,
+    tasks: tuple[TaskConfig, ...],
+    negatives_per_positive: int,
+    rng: np.random.Generator,
+    context: dict[str, np.ndarray] | None = None,
+) -> RankerExamples:
+    """Positives and sampled negatives.
+
+    Args:
+        history_events: the events positives come from (their order defines histories).
+        label_events: all events the labels are read from.
+        context: when given (user_id → history), positives use that fixed history instead of the
+            one just before each event: how held-out events are scored at serving time.
+    """
+    if context is None:
+        rows = histories_before_each_event(history_events, spec)
+        rows = rows.unique(["user_id", "item_idx"], keep="first", maintain_order=True)
+        history = pad_histories(rows["history"], spec.max_history)
+    else:
+        rows = history_events.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+        rows = rows.select(
+            "user_id", "item_id",
+            pl.Series("user_idx", spec.users.encode(rows["user_id"])),
+            pl.Series("item_idx", spec.items.encode(rows["item_id"])),
+        )
+        history = pad_histories([context.get(u, np.zeros(0, np.int64)) for u in rows["user_id"]],
+                                spec.max_history)
+    labels_df = rows.select("user_id", "item_id").join(pair_labels(label_events, tasks),
+                                                      on=["user_id", "item_id"], how="left", maintain_order="left")
+    pos_labels = labels_df.select([t.name for t in tasks]).to_numpy().astype(np.float32)
+    user, item = rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy()
+
+    k = negatives_per_positive
+    neg_item = rng.integers(1, len(spec.items), size=len(item) * k)
+    collide = neg_item == np.repeat(item, k)
+    neg_item[collide] = (neg_item[collide] % (len(spec.items) - 1)) + 1
+    neg_labels = np.array([0.0 if t.kind == "binary" else np.nan for t in tasks], np.float32)
+    return RankerExamples(
+        user=np.concatenate([user, np.repeat(user, k)]),
+        item=np.concatenate([item, neg_item]),
+        history=np.concatenate([history, np.repeat(history, k, axis=0)]),
+        labels=np.concatenate([pos_labels, np.tile(neg_labels, (len(neg_item), 1))]),
+    )

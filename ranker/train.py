@@ -1,0 +1,182 @@
+"""Training the ranker: examples → KJT batches → DistributedModelParallel with fused embeddings.
+
+The embedding tables are sharded by TorchRec's planner and updated by fbgemm's fused
+RowWiseAdagrad inside the backward pass (`apply_optimizer_in_backward`); the dense part uses Adam.
+In one process this is a world of size 1; under `torchrun` the same code shards across processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.types import ShardedTensor
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import KeyedOptimizerWrapper
+from tqdm import tqdm
+
+from evaluation.metrics import auc, gauc
+from feedcore.artifacts import Checkpoint, save_checkpoint
+from feedcore.config import EngineConfig, RankerConfig, resolve_device, to_dict
+from feedcore.distributed import process_group
+from feedcore.features import (
+    FeatureSpec,
+    ItemFeatures,
+    build_feature_spec,
+    history_events,
+    item_features,
+    item_features_to_dict,
+    latest_histories,
+)
+from feedcore.schemas import CanonicalDataset, dataset_fingerprint
+from feedcore.splits import Split
+from ranker.batching import ranker_inputs
+from ranker.data import RankerExamples, make_examples
+from ranker.model import MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
+
+logger = logging.getLogger(__name__)
+
+
+def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
+    return RankerArgs(
+        num_users=len(spec.users),
+        num_items=len(spec.items),
+        num_content_types=len(spec.content_types),
+        num_categories=max(2, len(spec.categories)),
+        embedding_dim=config.embedding_dim,
+        dense_hidden=config.dense_hidden,
+        cross_layers=config.cross_layers,
+        over_hidden=config.over_hidden,
+        tasks=config.tasks,
+    )
+
+
+def train_ranker(
+    config: RankerConfig,
+    spec: FeatureSpec,
+    item_features: ItemFeatures,
+    split: Split,
+    history_event_types: tuple[str, ...] = (),
+    *,
+    progress: bool = True,
+) -> tuple[MultiTaskRanker, dict[str, float]]:
+    """Train on `split.train`; return the unsharded inference model and validation metrics."""
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    train = make_examples(history_events(split.train, history_event_types), split.train, spec, config.tasks,
+                          config.negatives_per_positive, rng)
+    args = model_args(config, spec)
+
+    with process_group(device) as (rank, world_size):
+        model = MultiTaskRanker(args, device=torch.device("meta"))
+        apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(),
+                                    {"lr": config.sparse_learning_rate})
+        dmp = DistributedModelParallel(MultiTaskRankerTrain(model), device=torch.device(device))
+        dense_params = {n: p for n, p in dmp.named_parameters() if "embedding_bag_collection" not in n}
+        dense_optimizer = KeyedOptimizerWrapper(
+            dense_params, lambda params: torch.optim.Adam(params, lr=config.dense_learning_rate)
+        )
+        # Each rank trains on its own slice of every shuffled epoch.
+        n_batches = max(1, len(train) // (config.batch_size * world_size))
+        for epoch in range(config.epochs):
+            dmp.train()
+            order = rng.permutation(len(train))[rank::world_size]
+            total = 0.0
+            bar = tqdm(range(n_batches), desc=f"ranker epoch {epoch + 1}/{config.epochs}",
+                       disable=None if progress and rank == 0 else True)
+            for b in bar:
+                rows = train.take(order[b * config.batch_size : (b + 1) * config.batch_size])
+                batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels).to(device)
+                loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
+                dense_optimizer.zero_grad()
+                loss.backward()
+                dense_optimizer.step()
+                total += loss.item()
+                bar.set_postfix(loss=f"{total / (b + 1):.4f}")
+            logger.info("ranker epoch %d: loss %.4f", epoch + 1, total / n_batches)
+        state = unsharded_state_dict(dmp)
+
+    inference = MultiTaskRanker(args)
+    inference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng)
+    return inference, metrics
+
+
+def unsharded_state_dict(dmp: DistributedModelParallel) -> dict[str, torch.Tensor]:
+    """Plain tensors for every parameter; sharded tables are gathered (all ranks must call this)."""
+    out = {}
+    for name, value in dmp.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size(), dtype=value.dtype) if dist.get_rank() == 0 else None
+            value.gather(dst=0, out=full)
+            value = full
+        out[name] = value.cpu() if value is not None else None
+    return out
+
+
+@torch.no_grad()
+def predict(model: MultiTaskRanker, examples: RankerExamples, item_features: ItemFeatures,
+            batch_size: int = 4096) -> np.ndarray:
+    """(n, T) predictions of `model` on `examples`."""
+    model.eval()
+    out = []
+    for i in range(0, len(examples), batch_size):
+        rows = examples.take(np.arange(i, min(i + batch_size, len(examples))))
+        batch = ranker_inputs(rows.user, rows.item, rows.history, item_features)
+        preds = model(batch.dense, batch.sparse)
+        out.append(torch.stack([preds[t] for t in model.task_names], dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.task_names)), np.float32)
+
+
+def evaluate_ranker(
+    model: MultiTaskRanker,
+    spec: FeatureSpec,
+    item_features: ItemFeatures,
+    split: Split,
+    history_event_types: tuple[str, ...],
+    config: RankerConfig,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """AUC and GAUC per binary task on validation events (plus sampled negatives), scored with the
+    user's full training history, as the server would."""
+    if split.valid.height == 0:
+        return {}
+    context = latest_histories(history_events(split.train, history_event_types), spec)
+    valid = make_examples(history_events(split.valid, history_event_types), split.valid, spec, config.tasks,
+                          config.negatives_per_positive, rng, context=context)
+    preds = predict(model, valid, item_features)
+    metrics: dict[str, float] = {}
+    for t, task in enumerate(config.tasks):
+        if task.kind != "binary":
+            continue
+        present = ~np.isnan(valid.labels[:, t])
+        metrics[f"{task.name}/auc"] = auc(valid.labels[present, t], preds[present, t])
+        metrics[f"{task.name}/gauc"] = float(gauc(valid.user[present], valid.labels[present, t], preds[present, t]))
+    metrics["examples"] = float(len(valid))
+    return metrics
+
+
+def train_ranker_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
+    """`feed train ranker`: prepared data → trained multi-task ranker checkpoint (with its features)."""
+    data = CanonicalDataset.read(config.prepared_dir)
+    split = Split.read(config.splits_dir)
+    spec = build_feature_spec(data.items, data.users, config.data.max_history)
+    feats = item_features(data.items, split.train, spec)
+    model, metrics = train_ranker(config.ranker, spec, feats, split, config.data.history_events, progress=progress)
+    ckpt = save_checkpoint(
+        config.ranker_path,
+        kind="ranker",
+        config=to_dict(config.ranker),
+        feature_spec=spec,
+        data_fingerprint=dataset_fingerprint(config.prepared_dir),
+        state_dict=model.state_dict(),
+        extras={"model_args": dataclasses.asdict(model.args), "item_features": item_features_to_dict(feats),
+                "history_events": list(config.data.history_events), "metrics": metrics},
+    )
+    return ckpt, metrics

@@ -1,0 +1,30 @@
+"""`feed index build`: the trained item tower embeds every catalogue item into a faiss index."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from feedcore.artifacts import load_checkpoint
+from feedcore.config import EngineConfig
+from feedcore.features import item_features_from_dict
+from retrieval.embed import embed_items
+from retrieval.index import ItemIndex
+from retrieval.model import TwoTower, TwoTowerArgs
+
+logger = logging.getLogger(__name__)
+
+
+def build_index_job(config: EngineConfig) -> ItemIndex:
+    ckpt = load_checkpoint(config.retrieval_path, "retrieval")
+    model = TwoTower(TwoTowerArgs(**ckpt.extras["model_args"]))
+    model.load_state_dict(ckpt.state_dict)
+    feats = item_features_from_dict(ckpt.extras["item_features"])
+    items = np.arange(1, len(ckpt.feature_spec.items))  # row 0 is "unknown", never a candidate
+    embeddings = embed_items(model, feats, items)
+    index = ItemIndex.build(embeddings, list(ckpt.feature_spec.items.values), config.retrieval.index_factory,
+                            search_params=config.retrieval.index_search_params, model_version=ckpt.version)
+    index.save(config.index_dir)
+    logger.info("indexed %d items with %s (model %s)", len(index), index.factory, ckpt.version)
+    return index

@@ -1,0 +1,1 @@
+"""The gRPC feed service: candidate sources → feature hydration → ranker → value model → page."""

@@ -1,0 +1,217 @@
+"""One feed request, end to end: candidate sources → feature hydration → ranker → value model →
+blend → page. `FeedPipeline.from_artifacts` rebuilds it from what the training jobs wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+import time
+
+import numpy as np
+import polars as pl
+import torch
+
+from feedcore.artifacts import load_checkpoint
+from feedcore.config import EngineConfig, from_dict
+from feedcore.errors import ArtifactError
+from feedcore.features import (
+    FeatureSpec,
+    ItemFeatures,
+    history_events,
+    item_features_from_dict,
+    pad_histories,
+)
+from feedcore.schemas import CanonicalDataset
+from ranker.batching import ranker_inputs
+from ranker.model import MultiTaskRanker, RankerArgs
+from ranker.value_model import blend_by_value_model, value_scores
+from retrieval.index import ItemIndex
+from retrieval.model import TwoTower, TwoTowerArgs
+from serving.candidate_sources import PopularSource, RetrievalSource
+
+logger = logging.getLogger(__name__)
+
+
+class CursorError(ValueError):
+    """A cursor this service did not issue (or issued for another user or model)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedRequest:
+    user_id: str
+    page_size: int
+    cursor: str = ""
+    surface: str = "home"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedItem:
+    item_id: str
+    content_type: str
+    title: str
+    score: float
+    task_scores: dict[str, float]
+    source: str
+    position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedPage:
+    items: list[RankedItem]
+    next_cursor: str
+    model_version: str
+    timings_ms: dict[str, float]
+
+
+def encode_cursor(user_id: str, offset: int, version: str) -> str:
+    raw = json.dumps({"u": user_id, "o": offset, "v": version}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str, user_id: str) -> int:
+    """The offset in the ranked feed a cursor points to."""
+    if not cursor:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        offset = int(data["o"])
+        owner = data["u"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as e:
+        raise CursorError("cursor is malformed: pass back the next_cursor of the previous page") from e
+    if owner != user_id or offset < 0:
+        raise CursorError(f"cursor was issued for another user, not {user_id!r}")
+    return offset
+
+
+class FeedPipeline:
+    """The models, index and per-user state behind GetFeed."""
+
+    def __init__(
+        self,
+        *,
+        spec: FeatureSpec,
+        item_features: ItemFeatures,
+        items: pl.DataFrame,
+        events: pl.DataFrame,
+        retrieval: RetrievalSource,
+        popular: PopularSource,
+        ranker: MultiTaskRanker,
+        value_weights: dict[str, float],
+        retrieval_candidates: int,
+        popular_candidates: int,
+        model_version: str,
+    ) -> None:
+        self.spec = spec
+        self.item_features = item_features
+        self.catalog = {r[0]: (r[1], r[2] or "") for r in items.select("item_id", "content_type", "title").iter_rows()}
+        ordered = events.sort("user_id", "seq")
+        grouped = ordered.group_by("user_id", maintain_order=True).agg(pl.col("item_id"))
+        self.seen = {u: set(ids) for u, ids in grouped.iter_rows()}
+        self.histories = {
+            u: spec.items.encode(pl.Series(ids[-spec.max_history :])) for u, ids in grouped.iter_rows()
+        }
+        self.retrieval = retrieval
+        self.popular = popular
+        self.ranker = ranker.eval()
+        self.value_weights = value_weights
+        self.retrieval_candidates = retrieval_candidates
+        self.popular_candidates = popular_candidates
+        self.model_version = model_version
+        value_scores({t: np.zeros(1) for t in ranker.task_names}, value_weights)  # fail fast on bad weights
+
+    @classmethod
+    def from_artifacts(cls, config: EngineConfig) -> FeedPipeline:
+        """Load the prepared data, both models and the index; refuse mismatched or missing parts."""
+        data = CanonicalDataset.read(config.prepared_dir)
+        retrieval_ckpt = load_checkpoint(config.retrieval_path, "retrieval")
+        ranker_ckpt = load_checkpoint(config.ranker_path, "ranker")
+        index = ItemIndex.load(config.index_dir)
+        if retrieval_ckpt.data_fingerprint != ranker_ckpt.data_fingerprint:
+            raise ArtifactError(
+                f"{config.retrieval_path} and {config.ranker_path} were trained on different data "
+                f"({retrieval_ckpt.data_fingerprint} vs {ranker_ckpt.data_fingerprint}); retrain both"
+            )
+        if index.model_version != retrieval_ckpt.version:
+            raise ArtifactError(f"{config.index_dir} was built from retrieval model {index.model_version}, "
+                                f"not {retrieval_ckpt.version}; run `feed index build`")
+        spec = ranker_ckpt.feature_spec
+        two_tower = TwoTower(TwoTowerArgs(**retrieval_ckpt.extras["model_args"]))
+        two_tower.load_state_dict(retrieval_ckpt.state_dict)
+        ranker_args = from_dict(RankerArgs, ranker_ckpt.extras["model_args"])
+        ranker = MultiTaskRanker(ranker_args)
+        ranker.load_state_dict(ranker_ckpt.state_dict)
+        item_feats = item_features_from_dict(ranker_ckpt.extras["item_features"])
+        events = history_events(data.events, tuple(ranker_ckpt.extras["history_events"]))
+        popularity = np.expm1(item_feats.popularity[1:])
+        return cls(
+            spec=spec,
+            item_features=item_feats,
+            items=data.items,
+            events=events,
+            retrieval=RetrievalSource(two_tower.eval(), index, retrieval_ckpt.feature_spec),
+            popular=PopularSource(list(spec.items.values), popularity),
+            ranker=ranker,
+            value_weights=config.serving.value_weights,
+            retrieval_candidates=config.serving.retrieval_candidates,
+            popular_candidates=config.serving.popular_candidates,
+            model_version=f"{retrieval_ckpt.version}+{ranker_ckpt.version}",
+        )
+
+    @torch.no_grad()
+    def get_feed(self, request: FeedRequest) -> FeedPage:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        offset = decode_cursor(request.cursor, request.user_id)
+        history = self.histories.get(request.user_id, np.zeros(0, np.int64))
+        seen = self.seen.get(request.user_id, set())
+
+        # 1. candidate sources (a cold user has no history: popular items only)
+        candidates: dict[str, str] = {}
+        if len(history):
+            ids, _ = self.retrieval.candidates(request.user_id, history, seen, self.retrieval_candidates)
+            candidates.update((i, self.retrieval.name) for i in ids)
+        ids, _ = self.popular.candidates(request.user_id, history, seen | set(candidates), self.popular_candidates)
+        candidates.update((i, self.popular.name) for i in ids)
+        item_ids = list(candidates)
+        timings["candidates"] = _lap(t0)
+
+        # 2. feature hydration: the same transforms as training
+        t1 = time.perf_counter()
+        item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
+        user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
+        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
+        batch = ranker_inputs(user, item, hist, self.item_features)
+        timings["hydration"] = _lap(t1)
+
+        # 3. ranker, 4. value model and blend
+        t2 = time.perf_counter()
+        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
+            t: np.zeros(0) for t in self.ranker.task_names}
+        timings["ranker"] = _lap(t2)
+        t3 = time.perf_counter()
+        values = value_scores(preds, self.value_weights)
+        order = blend_by_value_model(values)
+        timings["blend"] = _lap(t3)
+
+        # 5. the page
+        page = order[offset : offset + request.page_size]
+        items = []
+        for position, c in enumerate(page, start=offset):
+            content_type, title = self.catalog[item_ids[c]]
+            items.append(RankedItem(
+                item_id=item_ids[c], content_type=content_type, title=title, score=float(values[c]),
+                task_scores={t: float(p[c]) for t, p in preds.items()}, source=candidates[item_ids[c]],
+                position=position,
+            ))
+        end = offset + len(page)
+        next_cursor = encode_cursor(request.user_id, end, self.model_version) if end < len(order) else ""
+        timings["total"] = _lap(t0)
+        return FeedPage(items, next_cursor, self.model_version, timings)
+
+
+def _lap(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
