@@ -104,7 +104,7 @@ _BEIJING_OFFSET_S = 8 * 3600
 
 
 def _users(path: Path) -> pl.DataFrame:
-    raw = read_table(path, _USER_COLUMNS)
+    raw = read_table(path, _USER_COLUMNS, required=("user_id",))
     return raw.select(
         pl.col("user_id").cast(pl.String),
         *(pl.col(c).cast(pl.Int64) if t == pl.Float64() else pl.col(c)
@@ -118,7 +118,7 @@ def _items(path: Path) -> pl.DataFrame:
         "upload_type": pl.String(), "visible_status": pl.Float64(), "video_duration": pl.Float64(),
         "server_width": pl.Float64(), "server_height": pl.Float64(), "music_id": pl.Int64(),
         "music_type": pl.Float64(), "tag": pl.String(),
-    })
+    }, required=("video_id", "author_id"))
     midnight = pl.col("upload_dt").str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("ms"))
     return raw.select(
         pl.col("video_id").cast(pl.String).alias("item_id"),
@@ -159,18 +159,13 @@ def _find_logs(root: Path, log_files: Sequence[str | Path] | None) -> list[Path]
 
 def _log_rows(path: Path, file_rank: int, items: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
     """One log file, checked, with the keys that order its rows (ids stay ints: cheaper to sort)."""
-    raw = read_table(path, LOG_COLUMNS)
-    for column in ("user_id", "video_id", "time_ms"):
-        nulls = raw[column].is_null()
-        if nulls.any():
-            # +2: one header line, and lines count from 1.
-            raise DataError(path, "missing value", line=int(nulls.arg_max()) + 2, column=column,
-                            expected="a value on every row")
+    raw = read_table(path, LOG_COLUMNS, required=("user_id", "video_id", "time_ms"))
     flags = list(SIGNALS.values())
     bad = raw.select(pl.any_horizontal(~pl.col(c).is_in([0, 1]) for c in flags)).to_series()
     if bad.any():
         row = int(bad.arg_max())
         column = next(c for c in flags if raw[c][row] not in (0, 1))
+        # +2: one header line, and lines count from 1.
         raise DataError(path, "not a binary signal", line=row + 2, column=column, value=raw[column][row],
                         expected="0 or 1")
     # Checked here so the error names the log file and line; build() could only name the table.

@@ -47,7 +47,7 @@ _MAX_UNIX_SECONDS = 100_000_000_000
 
 def _check_values(df: pl.DataFrame, path: Path, column: str, allowed: tuple[str, ...]) -> None:
     """Raise DataError naming the first line whose `column` is not one of `allowed`."""
-    bad = ~df[column].is_in(allowed) | df[column].is_null()
+    bad = ~df[column].is_in(allowed)
     if bad.any():
         row = int(bad.arg_max())
         # +2: one header line, and lines count from 1.
@@ -73,7 +73,7 @@ def load_tmall(root: str | Path) -> CanonicalDataset:
     """
     path = Path(root) / "interactions_long.tsv.gz"
     raw = read_table(path, {"user_id": pl.Int64, "item_id": pl.Int64, "behavior": pl.String, "split": pl.String},
-                     separator="\t", quoting=False)
+                     separator="\t", quoting=False, required=True)
     _check_values(raw, path, "behavior", BEHAVIOURS)
     _check_values(raw, path, "split", SPLITS)
     is_test = pl.col("split") == "test"
@@ -111,7 +111,7 @@ def load_retailrocket(root: str | Path) -> CanonicalDataset:
     path = Path(root) / "interactions.tsv"
     raw = read_table(path, {"user_id": pl.Int64, "item_id": pl.Int64, "behavior": pl.String,
                             "timestamp": pl.Int64, "split": pl.String},
-                     separator="\t", quoting=False)
+                     separator="\t", quoting=False, required=True)
     _check_values(raw, path, "behavior", BEHAVIOURS)
     _check_values(raw, path, "split", SPLITS)
     is_test = pl.col("split") == "test"

@@ -121,3 +121,11 @@ def test_unknown_video_names_file_line_and_column(kuairand_root):
     with pytest.raises(DataError, match=r"log_random_4_22_to_5_08_pure\.csv, line 2, column 'video_id': "
                                         r"1 row\(s\) reference ids missing from video_features_basic_pure\.csv"):
         load_kuairand(kuairand_root)
+
+
+def test_missing_time_names_file_line_and_column(kuairand_root):
+    bad = STANDARD[2].split(",")
+    bad[4] = ""  # time_ms
+    (kuairand_root / LOG_FILES[0]).write_text("\n".join([HEADER, *STANDARD[:2], ",".join(bad)]) + "\n")
+    with pytest.raises(DataError, match=r"log_standard_4_08_to_4_21_pure\.csv, line 4, column 'time_ms': missing value"):
+        load_kuairand(kuairand_root)

@@ -1,0 +1,33 @@
+"""Configs are read once, strictly: unknown keys and wrong types are named."""
+
+import pytest
+
+from feedcore.config import TaskConfig, load_config
+from feedcore.errors import DataError
+
+
+def test_demo_config_loads():
+    config = load_config("configs/demo.toml")
+    assert config.data.dataset == "ml-latest-small"
+    assert config.ranker.tasks[1] == TaskConfig("like", "binary", 1.0, "rating", 4.0)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[ranker]\nepochz = 3\n")
+    with pytest.raises(DataError, match=r"c\.toml, column 'ranker\.': unknown key\(s\) \['epochz'\]"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[retrieval]\nepochs = 'three'\n")
+    with pytest.raises(DataError, match=r"column 'retrieval\.epochs': wrong type \(got 'three'\); expected int"):
+        load_config(path)
+
+
+def test_task_kind_is_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[ranker]\ntasks = [{ name = 'x', kind = 'ordinal' }]\n")
+    with pytest.raises(DataError, match="unsupported value.*'ordinal'.*binary"):
+        load_config(path)
