@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.types import ShardedTensor
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardedTensor, ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import KeyedOptimizerWrapper
@@ -74,14 +76,8 @@ def train_ranker(
     args = model_args(config, spec)
 
     with process_group(device) as (rank, world_size):
-        model = MultiTaskRanker(args, device=torch.device("meta"))
-        apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(),
-                                    {"lr": config.sparse_learning_rate})
-        dmp = DistributedModelParallel(MultiTaskRankerTrain(model), device=torch.device(device))
-        dense_params = {n: p for n, p in dmp.named_parameters() if "embedding_bag_collection" not in n}
-        dense_optimizer = KeyedOptimizerWrapper(
-            dense_params, lambda params: torch.optim.Adam(params, lr=config.dense_learning_rate)
-        )
+        dmp, dense_optimizer = shard_for_training(MultiTaskRanker(args, device=torch.device("meta")), config,
+                                                  device, world_size)
         # Each rank trains on its own slice of every shuffled epoch.
         n_batches = max(1, len(train) // (config.batch_size * world_size))
         for epoch in range(config.epochs):
@@ -101,11 +97,57 @@ def train_ranker(
                 bar.set_postfix(loss=f"{total / (b + 1):.4f}")
             logger.info("ranker epoch %d: loss %.4f", epoch + 1, total / n_batches)
         state = unsharded_state_dict(dmp)
+        plan = describe_plan(dmp.plan)
 
     inference = MultiTaskRanker(args)
     inference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng)
-    return inference, metrics
+    return inference, {**metrics, "sharding": plan}
+
+
+def fused_sharding_constraints(args: RankerArgs, device: str) -> dict[str, ParameterConstraints]:
+    """Every table on fbgemm's fused kernel, so its optimizer runs inside the backward pass.
+
+    Left alone, the planner may put small tables in data-parallel mode on the dense kernel, where
+    the fused optimizer does not apply. Row-wise sharding needs a hand-built plan on CPU.
+    """
+    types = [ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.TABLE_COLUMN_WISE]
+    if device.startswith("cuda"):
+        types.append(ShardingType.ROW_WISE)
+    return {
+        table.name: ParameterConstraints(sharding_types=[t.value for t in types],
+                                         compute_kernels=[EmbeddingComputeKernel.FUSED.value])
+        for table in args.tables()
+    }
+
+
+def shard_for_training(
+    model: MultiTaskRanker, config: RankerConfig, device: str, world_size: int
+) -> tuple[DistributedModelParallel, KeyedOptimizerWrapper]:
+    """Wrap `model` (built on the meta device) in DMP: tables planned onto fused kernels with
+    RowWiseAdagrad applied in backward; Adam for the dense part. Call inside `process_group`."""
+    apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": config.sparse_learning_rate})
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world_size, compute_device="cuda" if device.startswith("cuda") else "cpu"),
+        constraints=fused_sharding_constraints(model.args, device),
+    )
+    train_module = MultiTaskRankerTrain(model)
+    plan = planner.collective_plan(train_module, pg=dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(train_module, device=torch.device(device), plan=plan)
+    dense_params = {n: p for n, p in dmp.named_parameters() if "embedding_bag_collection" not in n}
+    dense_optimizer = KeyedOptimizerWrapper(
+        dense_params, lambda params: torch.optim.Adam(params, lr=config.dense_learning_rate)
+    )
+    return dmp, dense_optimizer
+
+
+def describe_plan(plan: ShardingPlan) -> dict[str, str]:
+    """table → "sharding_type/compute_kernel", recorded with the checkpoint."""
+    return {
+        table: f"{option.sharding_type}/{option.compute_kernel}"
+        for module_plan in plan.plan.values()
+        for table, option in module_plan.items()
+    }
 
 
 def unsharded_state_dict(dmp: DistributedModelParallel) -> dict[str, torch.Tensor]:

@@ -21,3 +21,37 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def bundled_data() -> Path:
     return REPO / "data" / "ml-latest-small"
+
+
+def tiny_engine_config(artifacts_dir: Path, **serving):
+    """The demo config shrunk to seconds: small embeddings, one epoch, a Flat index."""
+    import dataclasses
+
+    from feedcore.config import load_config
+
+    config = load_config(REPO / "configs" / "demo.toml")
+    return dataclasses.replace(
+        config,
+        artifacts_dir=str(artifacts_dir),
+        data=dataclasses.replace(config.data, raw_root=str(REPO / "data" / "ml-latest-small"), max_history=20),
+        retrieval=dataclasses.replace(config.retrieval, embedding_dim=32, hidden_dim=64, epochs=3),
+        ranker=dataclasses.replace(config.ranker, embedding_dim=8, dense_hidden=(16,), over_hidden=(32, 16),
+                                   epochs=1, batch_size=2048),
+        serving=dataclasses.replace(config.serving, **serving),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_engine(tmp_path_factory):
+    """Real artifacts on the bundled dataset: prepared tables, both models, the faiss index."""
+    from feedcore.prepare import prepare_data
+    from ranker.train import train_ranker_job
+    from retrieval.build_index import build_index_job
+    from retrieval.train import train_retrieval_job
+
+    config = tiny_engine_config(tmp_path_factory.mktemp("engine"))
+    prepare_data(config)
+    train_retrieval_job(config, progress=False)
+    train_ranker_job(config, progress=False)
+    build_index_job(config)
+    return config
