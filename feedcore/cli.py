@@ -31,12 +31,21 @@ DEFAULT_CONFIG = "configs/demo.toml"
 READY = "FEED_SERVER_READY"
 
 
+class _QuietLibraries(logging.Filter):
+    """TorchRec's planner warns about single-process topologies and fbgemm logs every kernel it
+    loads, on every run and partly through the root logger; keep only their errors."""
+
+    NOISY = ("/torchrec/", "/fbgemm_gpu/", "/torch/distributed/", "/torch/fx/")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(n in record.pathname for n in self.NOISY)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # TorchRec's planner and sharders are chatty about single-process topologies; keep their errors.
-    for name in ("torchrec", "torch.distributed", "torch.fx", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     warnings.filterwarnings("ignore", module="torchrec")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)  # TorchRec's ShardedTensor → DTensor move

@@ -1,0 +1,123 @@
+"""The gRPC feed service end to end: a real server on a free loopback port, real models and index."""
+
+import dataclasses
+import shutil
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from feedcore.errors import ArtifactError
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.pipeline import FeedPipeline
+from serving.server import SERVICE_NAME, create_server
+
+
+@pytest.fixture(scope="module")
+def pipeline(trained_engine):
+    return FeedPipeline.from_artifacts(trained_engine)
+
+
+@pytest.fixture(scope="module")
+def channel(trained_engine, pipeline):
+    server, port, _ = create_server(trained_engine.serving, pipeline)
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    server.stop(0).wait()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return feed_pb2_grpc.FeedServiceStub(channel)
+
+
+def _get(stub, user_id="1", page_size=10, cursor=""):
+    return stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user_id, page_size=page_size, cursor=cursor), timeout=30)
+
+
+def test_feed_for_a_known_user(stub, pipeline):
+    response = _get(stub, "1")
+    assert len(response.items) == 10
+    assert response.request_id and response.model_version == pipeline.model_version
+    scores = [i.score for i in response.items]
+    assert scores == sorted(scores, reverse=True)
+    for item in response.items:
+        assert item.content_type == "movie" and item.title
+        assert set(item.task_scores) == {"engage", "like"}
+        assert 0.0 < item.task_scores["engage"] < 1.0
+        # score is the value model: 1.0 * engage + 0.5 * like
+        assert item.score == pytest.approx(item.task_scores["engage"] + 0.5 * item.task_scores["like"], rel=1e-5)
+        assert item.source in {"retrieval", "popular"}
+        assert item.item_id not in pipeline.seen["1"]  # nothing the user already rated
+    assert [i.position for i in response.items] == list(range(10))
+
+
+def test_pages_never_repeat_an_item(stub):
+    seen, cursor = [], ""
+    for _ in range(4):
+        response = _get(stub, "1", page_size=25, cursor=cursor)
+        seen += [i.item_id for i in response.items]
+        cursor = response.next_cursor
+    assert len(seen) == len(set(seen)) == 100
+
+
+def test_unknown_user_gets_a_cold_start_feed(stub):
+    response = _get(stub, "never-seen-user-42", page_size=5)
+    assert len(response.items) == 5
+    assert {i.source for i in response.items} == {"popular"}
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"user_id": "1", "page_size": 0}, "page_size must be 1..100, got 0"),
+        ({"user_id": "1", "page_size": 101}, "page_size must be 1..100, got 101"),
+        ({"user_id": "", "page_size": 5}, "user_id is required"),
+        ({"user_id": "1", "page_size": 5, "cursor": "%%%not-a-cursor"}, "cursor is malformed"),
+    ],
+)
+def test_bad_requests_get_invalid_argument(stub, kwargs, message):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetFeed(feed_pb2.GetFeedRequest(**kwargs), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+def test_a_cursor_cannot_be_replayed_for_another_user(stub):
+    cursor = _get(stub, "1", page_size=5).next_cursor
+    with pytest.raises(grpc.RpcError) as info:
+        _get(stub, "2", page_size=5, cursor=cursor)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"feed.v1.FeedService", "grpc.health.v1.Health"} <= names
+
+
+def test_startup_refuses_missing_or_mismatched_artifacts(trained_engine, tmp_path):
+    copy = tmp_path / "artifacts"
+    shutil.copytree(trained_engine.artifacts_dir, copy)
+    config = dataclasses.replace(trained_engine, artifacts_dir=str(copy))
+    shutil.rmtree(copy / "index")
+    with pytest.raises(ArtifactError, match="no item index found; run `feed index build`"):
+        FeedPipeline.from_artifacts(config)
+    shutil.copytree(trained_engine.index_dir, copy / "index")
+    (copy / "ranker" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="corrupt or unreadable ranker checkpoint"):
+        FeedPipeline.from_artifacts(config)
+
+
+def test_value_weights_must_name_ranker_tasks(trained_engine):
+    config = dataclasses.replace(trained_engine, serving=dataclasses.replace(
+        trained_engine.serving, value_weights={"engage": 1.0, "follow": 2.0}))
+    with pytest.raises(KeyError, match="follow"):
+        FeedPipeline.from_artifacts(config)

@@ -1,0 +1,72 @@
+"""The `feed` command line as a user runs it: real subprocesses."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grpc
+
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.client import wait_ready
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _feed(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "feedcore.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_bad_config_exits_2_with_a_clear_message(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[data]\ndataset = 'ml-latest-small'\nsplit = 'random'\n")
+    result = _feed("data", "prepare", "--config", str(config))
+    assert result.returncode == 2
+    assert "column 'data.split': unsupported value (got 'random'); expected one of" in result.stderr
+
+
+def test_serving_without_artifacts_says_what_to_run(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(f"artifacts_dir = '{tmp_path / 'empty'}'\n")
+    result = _feed("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "run `feed data prepare` first" in result.stderr or "written by `feed data prepare`" in result.stderr
+
+
+def test_prepare_writes_tables_and_split(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(textwrap.dedent(f"""
+        artifacts_dir = '{tmp_path / "a"}'
+        [data]
+        dataset = 'ml-latest-small'
+        raw_root = '{REPO / "data" / "ml-latest-small"}'
+        history_events = ['rating']
+    """))
+    result = _feed("data", "prepare", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert '"users": 610' in result.stdout and '"test": 610' in result.stdout
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["data", "splits"]
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n")
+    server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("FEED_SERVER_READY"), server.stderr.read()
+        with grpc.insecure_channel(line.split()[1]) as channel:
+            wait_ready(channel)
+            response = feed_pb2_grpc.FeedServiceStub(channel).GetFeed(
+                feed_pb2.GetFeedRequest(user_id="1", page_size=3), timeout=30)
+            assert len(response.items) == 3
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    assert code == 0
+    assert "stopped" in server.stderr.read()
