@@ -46,6 +46,7 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # has its own handler
     warnings.filterwarnings("ignore", module="torchrec")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)  # TorchRec's ShardedTensor → DTensor move
