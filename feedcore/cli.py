@@ -72,7 +72,8 @@ def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> None:
     from ranker.train import train_ranker_job
 
     ckpt, metrics = train_ranker_job(config)
-    print(json.dumps({"version": ckpt.version, "valid": metrics}))
+    if ckpt is not None:  # under torchrun, rank 0 reports
+        print(json.dumps({"version": ckpt.version, "valid": metrics}))
 
 
 def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:

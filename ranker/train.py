@@ -66,8 +66,12 @@ def train_ranker(
     history_event_types: tuple[str, ...] = (),
     *,
     progress: bool = True,
-) -> tuple[MultiTaskRanker, dict[str, float]]:
-    """Train on `split.train`; return the unsharded inference model and validation metrics."""
+) -> tuple[MultiTaskRanker | None, dict[str, float]]:
+    """Train on `split.train`; return the unsharded inference model and validation metrics.
+
+    Under torchrun every rank trains its shard; the gathered model and the metrics are returned on
+    rank 0 only (other ranks get None).
+    """
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -99,6 +103,8 @@ def train_ranker(
         state = unsharded_state_dict(dmp)
         plan = describe_plan(dmp.plan)
 
+    if rank != 0:
+        return None, {}
     inference = MultiTaskRanker(args)
     inference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng)
@@ -142,9 +148,9 @@ def shard_for_training(
 
 
 def describe_plan(plan: ShardingPlan) -> dict[str, str]:
-    """table → "sharding_type/compute_kernel", recorded with the checkpoint."""
+    """table → "sharding_type/compute_kernel@ranks", recorded with the checkpoint."""
     return {
-        table: f"{option.sharding_type}/{option.compute_kernel}"
+        table: f"{option.sharding_type}/{option.compute_kernel}@{','.join(map(str, option.ranks or []))}"
         for module_plan in plan.plan.values()
         for table, option in module_plan.items()
     }
@@ -204,13 +210,15 @@ def evaluate_ranker(
     return metrics
 
 
-def train_ranker_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
+def train_ranker_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint | None, dict[str, float]]:
     """`feed train ranker`: prepared data → trained multi-task ranker checkpoint (with its features)."""
     data = CanonicalDataset.read(config.prepared_dir)
     split = Split.read(config.splits_dir)
     spec = build_feature_spec(data.items, data.users, config.data.max_history)
     feats = item_features(data.items, split.train, spec)
     model, metrics = train_ranker(config.ranker, spec, feats, split, config.data.history_events, progress=progress)
+    if model is None:  # not rank 0: rank 0 saves the gathered model
+        return None, {}
     ckpt = save_checkpoint(
         config.ranker_path,
         kind="ranker",

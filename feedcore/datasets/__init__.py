@@ -42,6 +42,8 @@ DATASETS: dict[str, DatasetSource] = {
                            "Tmall view / cart / buy"),
     "retailrocket": DatasetSource("multibehavior:load_retailrocket", f"{SHARED}/retailrocket-multibehavior",
                                   "RetailRocket view / cart / buy with timestamps"),
+    "canonical": DatasetSource("canonical:load_canonical", "data/my-dataset",
+                               "your own items/events (users, edges) Parquet tables in the canonical layout"),
     "kuairand": DatasetSource("kuairand:load_kuairand", f"{SHARED}/kuairand-pure-features",
                               "KuaiRand-Pure: official log schema plus user and video feature tables"),
 }

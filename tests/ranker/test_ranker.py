@@ -94,7 +94,7 @@ def test_training_with_fused_embeddings_learns(trained_engine):
     # Held-out positives vs sampled negatives: well above chance after one tiny epoch.
     assert metrics["engage/auc"] > 0.75
     assert metrics["like/auc"] > 0.7
-    assert all(v.endswith("/fused") for v in metrics["sharding"].values())
+    assert all("/fused@" in v for v in metrics["sharding"].values())
     # The fused RowWiseAdagrad updated the tables: trained rows differ from their initialisation.
     table = ckpt.state_dict["sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight"]
     assert table.shape[0] == len(ckpt.feature_spec.items)
@@ -128,10 +128,45 @@ def test_dmp_plans_fused_kernels_and_the_fused_optimizer_updates_tables():
             dense_optimizer.step()
             losses.append(loss.item())
         after = unsharded_state_dict(dmp)
-    assert set(plan.values()) <= {"table_wise/fused", "column_wise/fused", "table_column_wise/fused"}
+    assert {v.split("@")[0] for v in plan.values()} <= {"table_wise/fused", "column_wise/fused",
+                                                         "table_column_wise/fused"}
     assert len(plan) == 4
     key = "model.sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight"
     changed = (before[key] != after[key]).any(dim=1)
     # Rows in the batch (candidates 3-6 and history 1,2,3,7,8) were updated; row 9 was never looked up.
     assert changed[[1, 2, 3, 4, 5, 6, 7, 8]].all() and not changed[9]
     assert losses[-1] < losses[0] * 0.7
+
+
+def test_torchrun_two_processes_shard_the_tables(trained_engine, tmp_path):
+    """The same training job under torchrun: 2 gloo ranks, tables spread over both, rank 0 saves."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from feedcore.artifacts import load_checkpoint
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_engine.artifacts_dir, artifacts, ignore=shutil.ignore_patterns("ranker"))
+    config = tmp_path / "c.toml"
+    config.write_text(f"""artifacts_dir = '{artifacts}'
+[data]
+max_history = {trained_engine.data.max_history}
+history_events = ['rating']
+[ranker]
+embedding_dim = 8
+dense_hidden = [16]
+over_hidden = [32, 16]
+epochs = 1
+batch_size = 2048
+""")
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--standalone", "-m", "feedcore.cli", "train", "ranker", "--config", str(config)],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = load_checkpoint(artifacts / "ranker" / "model.pt", "ranker")
+    ranks = {v.split("@")[1] for v in ckpt.extras["metrics"]["sharding"].values()}
+    assert ranks == {"0", "1"}
+    assert ckpt.extras["metrics"]["engage/auc"] > 0.75
