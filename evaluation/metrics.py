@@ -69,3 +69,14 @@ def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
             total += value * mask.sum()
             weight += int(mask.sum())
     return total / weight if weight else float("nan")
+
+
+def full_ranking_metrics(
+    scores: np.ndarray, target: np.ndarray, exclude: list[np.ndarray], ks: tuple[int, ...] = (10, 50, 200)
+) -> dict[str, float]:
+    """HR@K for each K and NDCG@10 of each row's target among all items, `exclude` removed."""
+    ranks = rank_of_target(scores, target, exclude)
+    metrics = {f"hr@{k}": hit_rate_at_k(ranks, k) for k in ks}
+    metrics["ndcg@10"] = ndcg_at_k(ranks, 10)
+    metrics["users"] = float(len(ranks))
+    return metrics

@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 UNKNOWN = 0
+_SMALL = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +42,20 @@ class Vocabulary:
 
     def encode(self, series: pl.Series) -> np.ndarray:
         """Indices of `series` (int64), unknown and null → 0."""
-        mapping = pl.DataFrame({"v": self.values, "i": np.arange(1, len(self.values) + 1, dtype=np.int64)})
-        out = pl.DataFrame({"v": series.cast(pl.String)}).join(mapping, on="v", how="left", maintain_order="left")
+        if len(series) < _SMALL:  # a request's candidates: dict lookups beat a join
+            index = self._index
+            return np.fromiter((index.get(v, UNKNOWN) for v in series.to_list()), np.int64, len(series))
+        out = pl.DataFrame({"v": series.cast(pl.String)}).join(self._frame, on="v", how="left", maintain_order="left")
         return out["i"].fill_null(UNKNOWN).to_numpy()
+
+    @property
+    def _frame(self) -> pl.DataFrame:
+        try:
+            return self.__dict__["_cached_frame"]
+        except KeyError:
+            frame = pl.DataFrame({"v": self.values, "i": np.arange(1, len(self.values) + 1, dtype=np.int64)})
+            object.__setattr__(self, "_cached_frame", frame)
+            return frame
 
     def encode_one(self, value: str) -> int:
         return self._index.get(value, UNKNOWN)

@@ -14,7 +14,7 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from evaluation.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
+from evaluation.metrics import full_ranking_metrics
 from feedcore.artifacts import Checkpoint, save_checkpoint
 from feedcore.config import EngineConfig, RetrievalConfig, resolve_device, to_dict
 from feedcore.features import (
@@ -94,32 +94,33 @@ def train_retrieval(
 
 
 def evaluate_retrieval(
-    model: TwoTower,
+    model: TwoTower | None,
     spec: FeatureSpec,
-    item_features: ItemFeatures,
+    item_features: ItemFeatures | None,
     history: pl.DataFrame,
     heldout: pl.DataFrame,
     ks: tuple[int, ...] = (10, 50, 200),
 ) -> dict[str, float]:
-    """Full-ranking HR@K / NDCG@10 of each user's held-out item, their history items excluded."""
+    """Full-ranking HR@K / NDCG@10 of each user's held-out item, their history items excluded.
+
+    With `model` None, the most-popular baseline under the same protocol (items scored by their
+    number of `history` events).
+    """
     if heldout.height == 0:
         return {}
-    histories = latest_histories(history, spec)
-    seen = {u: np.unique(h) for u, h in
-            history.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
     users = heldout["user_id"].to_list()
-    user_idx = spec.users.encode(heldout["user_id"])
-    hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
-    item_emb = embed_items(model, item_features, np.arange(len(spec.items)))
-    user_emb = embed_users(model, user_idx, hist)
-    scores = user_emb @ item_emb.T  # (B, N)
+    seen = dict(history.group_by("user_id").agg(pl.col("item_id")).iter_rows())
+    exclude = [np.concatenate([[0], spec.items.encode(pl.Series(seen.get(u, []), dtype=pl.String))]) for u in users]
     target = spec.items.encode(heldout["item_id"])
-    exclude = [np.concatenate([[0], spec.items.encode(pl.Series(seen.get(u, [])))]) for u in users]
-    ranks = rank_of_target(scores, target, exclude)
-    metrics = {f"hr@{k}": hit_rate_at_k(ranks, k) for k in ks}
-    metrics["ndcg@10"] = ndcg_at_k(ranks, 10)
-    metrics["users"] = float(len(users))
-    return metrics
+    if model is None:
+        counts = np.bincount(spec.items.encode(history["item_id"]), minlength=len(spec.items)).astype(np.float32)
+        scores = np.broadcast_to(counts, (len(users), len(counts)))
+    else:
+        histories = latest_histories(history, spec)
+        hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
+        item_emb = embed_items(model, item_features, np.arange(len(spec.items)))
+        scores = embed_users(model, spec.users.encode(heldout["user_id"]), hist) @ item_emb.T  # (B, N)
+    return full_ranking_metrics(scores, target, exclude, ks)
 
 
 def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:

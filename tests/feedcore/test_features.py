@@ -42,3 +42,11 @@ def test_training_histories_equal_serving_histories_at_each_step():
             served = latest_histories(group.head(k), spec).get(user[0], np.zeros(0, np.int64))
             assert rows["history"][k].to_list() == served.tolist()
             assert rows["item_id"][k] == group["item_id"][k]
+
+
+def test_vocabulary_encodes_large_inputs_like_small_ones():
+    vocab = Vocabulary(tuple(str(i) for i in range(100)))
+    values = pl.Series([str(i) for i in range(-50, 9000)])
+    big = vocab.encode(values)
+    small = np.concatenate([vocab.encode(values[i : i + 1000]) for i in range(0, len(values), 1000)])
+    assert (big == small).all() and big[:50].sum() == 0 and big[50] == 1

@@ -1,14 +1,15 @@
 """Two-tower retrieval and the faiss item index."""
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
-from evaluation.metrics import hit_rate_at_k, rank_of_target
+from evaluation.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.artifacts import load_checkpoint
 from feedcore.errors import ArtifactError
+from feedcore.features import history_events
 from feedcore.splits import Split
+from retrieval.train import evaluate_retrieval
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower, TwoTowerArgs, TwoTowerTrain
 
@@ -85,15 +86,11 @@ def test_trained_model_beats_popularity_and_embeds_cold_items(trained_engine):
     ckpt = load_checkpoint(trained_engine.retrieval_path, "retrieval")
     metrics = ckpt.extras["metrics"]
     split = Split.read(trained_engine.splits_dir)
-    spec = ckpt.feature_spec
-    # The same protocol for the most-popular baseline: full ranking, the user's training items excluded.
-    counts = np.bincount(spec.items.encode(split.train["item_id"]), minlength=len(spec.items)).astype(float)
-    seen = dict(split.train.group_by("user_id").agg(pl.col("item_id")).iter_rows())
-    users = split.valid["user_id"].to_list()
-    ranks = rank_of_target(np.tile(counts, (len(users), 1)), spec.items.encode(split.valid["item_id"]),
-                           [np.concatenate([[0], spec.items.encode(pl.Series(seen[u]))]) for u in users])
-    assert metrics["users"] == len(users) == 610
-    assert metrics["hr@50"] > hit_rate_at_k(ranks, 50) > 0.05
+    train = history_events(split.train, trained_engine.data.history_events)
+    # The most-popular baseline under the same full-ranking protocol.
+    popular = evaluate_retrieval(None, ckpt.feature_spec, None, train, split.valid)
+    assert metrics["users"] == popular["users"] == 610
+    assert metrics["hr@50"] > popular["hr@50"] > 0.05
     model = TwoTower(TwoTowerArgs(**ckpt.extras["model_args"]))
     model.load_state_dict(ckpt.state_dict)
     # A never-seen item (id row 0) still gets a distinct embedding from its content features.
@@ -110,3 +107,12 @@ def test_truncated_checkpoint_is_refused(tmp_path, trained_engine):
         load_checkpoint(tmp_path / "model.pt", "retrieval")
     with pytest.raises(ArtifactError, match="expected a ranker checkpoint"):
         load_checkpoint(trained_engine.retrieval_path, "ranker")
+
+
+def test_full_ranking_metrics_on_a_known_case():
+    scores = np.array([[0.0, 5.0, 3.0, 1.0], [0.0, 1.0, 2.0, 3.0]])
+    ranks = rank_of_target(scores, np.array([2, 1]), [np.array([0, 1]), np.array([0])])
+    # Row 0: item 1 excluded, so item 2 ranks first; row 1: items 3 and 2 beat item 1.
+    assert ranks.tolist() == [0, 2]
+    assert hit_rate_at_k(ranks, 1) == 0.5
+    assert ndcg_at_k(ranks, 10) == (1.0 + 1.0 / np.log2(4)) / 2
