@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedcore.config import load_config
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc

@@ -20,7 +20,7 @@ from feedcore.artifacts import load_checkpoint
 from feedcore.config import load_config
 from feedcore.features import history_events, item_features_from_dict
 from feedcore.splits import Split
-from retrieval.model import TwoTower, TwoTowerArgs
+from retrieval.model import TwoTower
 from retrieval.train import evaluate_retrieval
 
 RESULTS = Path(__file__).parent / "results"
@@ -32,8 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config)
     ckpt = load_checkpoint(config.retrieval_path, "retrieval")
-    model = TwoTower(TwoTowerArgs(**ckpt.extras["model_args"]))
-    model.load_state_dict(ckpt.state_dict)
+    model = TwoTower.from_checkpoint(ckpt)
     split = Split.read(config.splits_dir)
     events = tuple(ckpt.extras["history_events"])
     # Test-time history: training plus validation events (the validation item precedes the test item).

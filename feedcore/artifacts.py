@@ -13,13 +13,16 @@ import datetime
 import hashlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from feedcore.errors import ArtifactError
-from feedcore.features import FeatureSpec
+from feedcore.features import FeatureSpec, item_features_to_dict
 from feedcore.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from feedcore.prepare import TrainingInputs
 
 FORMAT = 1
 
@@ -98,4 +101,29 @@ def load_checkpoint(path: str | Path, kind: str) -> Checkpoint:
         data_fingerprint=raw["data_fingerprint"],
         state_dict=raw["state_dict"],
         extras=raw["extras"],
+    )
+
+
+def save_model(
+    path: str | Path,
+    *,
+    kind: str,
+    model: torch.nn.Module,
+    config: Any,
+    inputs: TrainingInputs,
+    history_events: tuple[str, ...],
+    metrics: dict[str, Any],
+) -> Checkpoint:
+    """Save a trained model with everything serving needs to rebuild it: its constructor args
+    (`model.args`), the component config, vocabularies, item features, history event types,
+    the data fingerprint and its validation metrics."""
+    return save_checkpoint(
+        path,
+        kind=kind,
+        config=dataclasses.asdict(config),
+        feature_spec=inputs.spec,
+        data_fingerprint=inputs.data_fingerprint,
+        state_dict=model.state_dict(),
+        extras={"model_args": dataclasses.asdict(model.args), "item_features": item_features_to_dict(inputs.item_features),
+                "history_events": list(history_events), "metrics": metrics},
     )

@@ -178,11 +178,6 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     return value
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain dict of a config dataclass, to save inside artifacts."""
-    return dataclasses.asdict(config)
-
-
 def resolve_device(name: str) -> str:
     """``auto`` → cuda when available, else cpu."""
     import torch

@@ -101,6 +101,15 @@ class MultiTaskRanker(nn.Module):
             "is_binary", torch.tensor([t.kind == "binary" for t in args.tasks], device=device), persistent=False
         )
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> MultiTaskRanker:
+        """The trained model of a `feedcore.artifacts.Checkpoint` of kind ``ranker``."""
+        from feedcore.config import from_dict
+
+        model = cls(from_dict(RankerArgs, checkpoint.extras["model_args"]))
+        model.load_state_dict(checkpoint.state_dict)
+        return model.eval()
+
     def logits(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """(B, T) raw outputs: logits for binary tasks, values for regression tasks."""
         x = torch.cat([self.dense_arch(dense), self.sparse_arch(sparse)], dim=1)  # (B, (F+1)*D)

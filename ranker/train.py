@@ -7,7 +7,6 @@ In one process this is a world of size 1; under `torchrun` the same code shards 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -23,19 +22,11 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from tqdm import tqdm
 
 from evaluation.metrics import auc, gauc
-from feedcore.artifacts import Checkpoint, save_checkpoint
-from feedcore.config import EngineConfig, RankerConfig, resolve_device, to_dict
+from feedcore.artifacts import Checkpoint, save_model
+from feedcore.config import EngineConfig, RankerConfig, resolve_device
 from feedcore.distributed import process_group
-from feedcore.features import (
-    FeatureSpec,
-    ItemFeatures,
-    build_feature_spec,
-    history_events,
-    item_features,
-    item_features_to_dict,
-    latest_histories,
-)
-from feedcore.schemas import CanonicalDataset, dataset_fingerprint
+from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories
+from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
 from ranker.batching import ranker_inputs
 from ranker.data import RankerExamples, make_examples
@@ -212,21 +203,11 @@ def evaluate_ranker(
 
 def train_ranker_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint | None, dict[str, float]]:
     """`feed train ranker`: prepared data → trained multi-task ranker checkpoint (with its features)."""
-    data = CanonicalDataset.read(config.prepared_dir)
-    split = Split.read(config.splits_dir)
-    spec = build_feature_spec(data.items, data.users, config.data.max_history)
-    feats = item_features(data.items, split.train, spec)
-    model, metrics = train_ranker(config.ranker, spec, feats, split, config.data.history_events, progress=progress)
+    inputs = load_training_inputs(config)
+    model, metrics = train_ranker(config.ranker, inputs.spec, inputs.item_features, inputs.split,
+                                  config.data.history_events, progress=progress)
     if model is None:  # not rank 0: rank 0 saves the gathered model
         return None, {}
-    ckpt = save_checkpoint(
-        config.ranker_path,
-        kind="ranker",
-        config=to_dict(config.ranker),
-        feature_spec=spec,
-        data_fingerprint=dataset_fingerprint(config.prepared_dir),
-        state_dict=model.state_dict(),
-        extras={"model_args": dataclasses.asdict(model.args), "item_features": item_features_to_dict(feats),
-                "history_events": list(config.data.history_events), "metrics": metrics},
-    )
+    ckpt = save_model(config.ranker_path, kind="ranker", model=model, config=config.ranker, inputs=inputs,
+                      history_events=config.data.history_events, metrics=metrics)
     return ckpt, metrics

@@ -11,15 +11,14 @@ from feedcore.config import EngineConfig
 from feedcore.features import item_features_from_dict
 from retrieval.embed import embed_items
 from retrieval.index import ItemIndex
-from retrieval.model import TwoTower, TwoTowerArgs
+from retrieval.model import TwoTower
 
 logger = logging.getLogger(__name__)
 
 
 def build_index_job(config: EngineConfig) -> ItemIndex:
     ckpt = load_checkpoint(config.retrieval_path, "retrieval")
-    model = TwoTower(TwoTowerArgs(**ckpt.extras["model_args"]))
-    model.load_state_dict(ckpt.state_dict)
+    model = TwoTower.from_checkpoint(ckpt)
     feats = item_features_from_dict(ckpt.extras["item_features"])
     items = np.arange(1, len(ckpt.feature_spec.items))  # row 0 is "unknown", never a candidate
     embeddings = embed_items(model, feats, items)

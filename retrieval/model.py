@@ -123,6 +123,13 @@ class TwoTower(nn.Module):
         self.user_tower = UserTower(args, shared)
         self.item_tower = ItemTower(args, shared)
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> TwoTower:
+        """The trained model of a `feedcore.artifacts.Checkpoint` of kind ``retrieval``."""
+        model = cls(TwoTowerArgs(**checkpoint.extras["model_args"]))
+        model.load_state_dict(checkpoint.state_dict)
+        return model.eval()
+
 
 class TwoTowerTrain(nn.Module):
     """Training wrapper: in-batch sampled softmax with logQ correction.

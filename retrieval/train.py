@@ -6,7 +6,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -15,20 +14,17 @@ import torch
 from tqdm import tqdm
 
 from evaluation.metrics import full_ranking_metrics
-from feedcore.artifacts import Checkpoint, save_checkpoint
-from feedcore.config import EngineConfig, RetrievalConfig, resolve_device, to_dict
+from feedcore.artifacts import Checkpoint, save_model
+from feedcore.config import EngineConfig, RetrievalConfig, resolve_device
 from feedcore.features import (
     FeatureSpec,
     ItemFeatures,
-    build_feature_spec,
     histories_before_each_event,
     history_events,
-    item_features,
-    item_features_to_dict,
     latest_histories,
     pad_histories,
 )
-from feedcore.schemas import CanonicalDataset, dataset_fingerprint
+from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
 from retrieval.embed import embed_items, embed_users, item_inputs
 from retrieval.model import TwoTower, TwoTowerArgs, TwoTowerTrain
@@ -125,21 +121,10 @@ def evaluate_retrieval(
 
 def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
     """`feed train retrieval`: prepared data → trained two-tower checkpoint (with its features)."""
-    data = CanonicalDataset.read(config.prepared_dir)
-    split = Split.read(config.splits_dir)
-    spec = build_feature_spec(data.items, data.users, config.data.max_history)
-    feats = item_features(data.items, split.train, spec)
-    hist_split = Split(*(history_events(getattr(split, p), config.data.history_events)
-                         for p in ("train", "valid", "test")))
-    model, metrics = train_retrieval(config.retrieval, spec, feats, hist_split, progress=progress)
-    ckpt = save_checkpoint(
-        config.retrieval_path,
-        kind="retrieval",
-        config=to_dict(config.retrieval),
-        feature_spec=spec,
-        data_fingerprint=dataset_fingerprint(config.prepared_dir),
-        state_dict=model.state_dict(),
-        extras={"model_args": dataclasses.asdict(model.args), "item_features": item_features_to_dict(feats),
-                "history_events": list(config.data.history_events), "metrics": metrics},
-    )
+    inputs = load_training_inputs(config)
+    split = Split(*(history_events(getattr(inputs.split, p), config.data.history_events)
+                    for p in ("train", "valid", "test")))
+    model, metrics = train_retrieval(config.retrieval, inputs.spec, inputs.item_features, split, progress=progress)
+    ckpt = save_model(config.retrieval_path, kind="retrieval", model=model, config=config.retrieval, inputs=inputs,
+                      history_events=config.data.history_events, metrics=metrics)
     return ckpt, metrics

@@ -16,7 +16,7 @@ import polars as pl
 import torch
 
 from feedcore.artifacts import load_checkpoint
-from feedcore.config import EngineConfig, from_dict
+from feedcore.config import EngineConfig
 from feedcore.errors import ArtifactError
 from feedcore.features import (
     FeatureSpec,
@@ -27,10 +27,10 @@ from feedcore.features import (
 )
 from feedcore.schemas import CanonicalDataset
 from ranker.batching import ranker_inputs
-from ranker.model import MultiTaskRanker, RankerArgs
+from ranker.model import MultiTaskRanker
 from ranker.value_model import blend_by_value_model, value_scores
 from retrieval.index import ItemIndex
-from retrieval.model import TwoTower, TwoTowerArgs
+from retrieval.model import TwoTower
 from serving.candidate_sources import PopularSource, RetrievalSource
 
 logger = logging.getLogger(__name__)
@@ -139,11 +139,6 @@ class FeedPipeline:
             raise ArtifactError(f"{config.index_dir} was built from retrieval model {index.model_version}, "
                                 f"not {retrieval_ckpt.version}; run `feed index build`")
         spec = ranker_ckpt.feature_spec
-        two_tower = TwoTower(TwoTowerArgs(**retrieval_ckpt.extras["model_args"]))
-        two_tower.load_state_dict(retrieval_ckpt.state_dict)
-        ranker_args = from_dict(RankerArgs, ranker_ckpt.extras["model_args"])
-        ranker = MultiTaskRanker(ranker_args)
-        ranker.load_state_dict(ranker_ckpt.state_dict)
         item_feats = item_features_from_dict(ranker_ckpt.extras["item_features"])
         events = history_events(data.events, tuple(ranker_ckpt.extras["history_events"]))
         popularity = np.expm1(item_feats.popularity[1:])
@@ -152,9 +147,9 @@ class FeedPipeline:
             item_features=item_feats,
             items=data.items,
             events=events,
-            retrieval=RetrievalSource(two_tower.eval(), index, retrieval_ckpt.feature_spec),
+            retrieval=RetrievalSource(TwoTower.from_checkpoint(retrieval_ckpt), index, retrieval_ckpt.feature_spec),
             popular=PopularSource(list(spec.items.values), popularity),
-            ranker=ranker,
+            ranker=MultiTaskRanker.from_checkpoint(ranker_ckpt),
             value_weights=config.serving.value_weights,
             retrieval_candidates=config.serving.retrieval_candidates,
             popular_candidates=config.serving.popular_candidates,

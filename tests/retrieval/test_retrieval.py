@@ -9,9 +9,9 @@ from feedcore.artifacts import load_checkpoint
 from feedcore.errors import ArtifactError
 from feedcore.features import history_events
 from feedcore.splits import Split
-from retrieval.train import evaluate_retrieval
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower, TwoTowerArgs, TwoTowerTrain
+from retrieval.train import evaluate_retrieval
 
 
 def _clustered(n=2000, d=16, seed=0):
@@ -91,8 +91,7 @@ def test_trained_model_beats_popularity_and_embeds_cold_items(trained_engine):
     popular = evaluate_retrieval(None, ckpt.feature_spec, None, train, split.valid)
     assert metrics["users"] == popular["users"] == 610
     assert metrics["hr@50"] > popular["hr@50"] > 0.05
-    model = TwoTower(TwoTowerArgs(**ckpt.extras["model_args"]))
-    model.load_state_dict(ckpt.state_dict)
+    model = TwoTower.from_checkpoint(ckpt)
     # A never-seen item (id row 0) still gets a distinct embedding from its content features.
     with torch.no_grad():
         a = model.item_tower(torch.tensor([0]), torch.tensor([1]), torch.tensor([1]), torch.tensor([0]))
