@@ -18,7 +18,7 @@ import polars as pl
 
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import load_config
-from feedcore.features import history_events, item_features_from_dict
+from feedcore.features import history_events
 from feedcore.splits import Split
 from retrieval.model import TwoTower
 from retrieval.train import evaluate_retrieval
@@ -38,10 +38,9 @@ def main() -> None:
     # Test-time history: training plus validation events (the validation item precedes the test item).
     history = pl.concat([history_events(split.train, events), history_events(split.valid, events)],
                         how="diagonal_relaxed")
-    feats = item_features_from_dict(ckpt.extras["item_features"])
     rows = {
-        "most_popular": evaluate_retrieval(None, ckpt.feature_spec, None, history, split.test),
-        "two_tower": evaluate_retrieval(model, ckpt.feature_spec, feats, history, split.test),
+        "most_popular": evaluate_retrieval(None, ckpt.feature_spec, history, split.test),
+        "two_tower": evaluate_retrieval(model, ckpt.feature_spec, history, split.test),
     }
     report = {"benchmark": "retrieval_quality", "dataset": config.data.dataset, "split": "test",
               "protocol": "leave-one-out, full ranking over all items, training items excluded",

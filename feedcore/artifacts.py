@@ -93,6 +93,9 @@ def load_checkpoint(path: str | Path, kind: str) -> Checkpoint:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("kind") != kind:
         found = raw.get("kind") if isinstance(raw, dict) else type(raw).__name__
         raise ArtifactError(f"{path}: expected a {kind} checkpoint of format {FORMAT}, found {found!r}")
+    missing = sorted({"version", "config", "feature_spec", "data_fingerprint", "state_dict", "extras"} - set(raw))
+    if missing:
+        raise ArtifactError(f"{path}: incomplete {kind} checkpoint, missing {missing}; retrain with `feed train {kind}`")
     return Checkpoint(
         kind=raw["kind"],
         version=raw["version"],

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -50,7 +49,6 @@ def _setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", module="torchrec")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)  # TorchRec's ShardedTensor → DTensor move
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
 def cmd_prepare(config: EngineConfig, args: argparse.Namespace) -> None:
@@ -122,7 +120,11 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
                 print_feed(channel, user, page_size=10, pages=2 if user == users[0] else 1)
     finally:
         server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=30)
+        try:
+            code = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
     print(f"\nserver stopped cleanly (exit code {code}); demo took {time.time() - start:.0f}s")
     if code != 0:
         raise SystemExit(code)

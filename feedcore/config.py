@@ -7,11 +7,10 @@ and the CLI hands each part its own section.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from feedcore.errors import DataError
 
@@ -49,12 +48,24 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
+    user_encoder: Literal["mean", "sasrec", "hstu"] = "mean"
     embedding_dim: int = 64
     hidden_dim: int = 128
-    epochs: int = 3
-    batch_size: int = 512
-    learning_rate: float = 2e-3
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+    normalize: bool = True  # cosine similarity / temperature; False: raw dot product
     temperature: float = 0.05
+    # Softmax over the whole catalogue when 0 (small catalogues); else this many shared uniform
+    # negatives per batch, plus `in_batch_negatives` drawn from the batch's targets, logQ-corrected.
+    num_negatives: int = 0
+    in_batch_negatives: int = 0
+    epochs: int = 3
+    batch_size: int = 512  # sequences (sequential encoders) or (user, item) pairs (mean)
+    learning_rate: float = 2e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: 1% warm-up, then decay to 0
+    weight_decay: float = 0.0
+    max_train_minutes: float = 0.0  # > 0: stop after the epoch that passes this wall-clock budget
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     index_factory: str = "Flat"  # any faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF1024,PQ16
@@ -130,7 +141,22 @@ def load_config(path: str | Path) -> EngineConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise DataError(path, f"invalid TOML: {e}") from e
-    return from_dict(EngineConfig, raw, source=str(path))
+    config = from_dict(EngineConfig, raw, source=str(path))
+    validate(config, str(path))
+    return config
+
+
+def validate(config: EngineConfig, source: str = "<config>") -> None:
+    """Cross-field checks: task names unique, value-model weights name declared tasks."""
+    names = [t.name for t in config.ranker.tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(source, "duplicate task name(s)", column="ranker.tasks", value=duplicates,
+                        expected="one task per name (predictions are keyed by name)")
+    unknown = sorted(set(config.serving.value_weights) - set(names))
+    if unknown:
+        raise DataError(source, "value-model weights name undeclared task(s)", column="serving.value_weights",
+                        value=unknown, expected=f"names among the ranker's tasks {names}")
 
 
 def from_dict(cls: type, raw: dict[str, Any], *, source: str = "<config>", prefix: str = "") -> Any:
@@ -143,6 +169,12 @@ def from_dict(cls: type, raw: dict[str, Any], *, source: str = "<config>", prefi
     if unknown:
         raise DataError(source, f"unknown key(s) {unknown}", column=prefix or None,
                         expected=f"keys among {sorted(fields)}")
+    required = [f.name for f in fields.values()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise DataError(source, f"missing key(s) {missing}", column=prefix or None,
+                        expected=f"keys {required} to be set")
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _convert(hints[name], value, source, f"{prefix}{name}")
@@ -173,7 +205,7 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
         return _convert(inner[0], value, source, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))):
         raise DataError(source, "wrong type", column=key, value=value, expected=hint.__name__)
     return value
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from feedcore.errors import DataError
 
 
 @contextlib.contextmanager
@@ -52,3 +55,17 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: str | Path, expected: str) -> dict:
+    """A JSON object from `path`; a missing or damaged file raises DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found", expected=expected)
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"damaged JSON: {e}", expected=expected) from e
+    if not isinstance(data, dict):
+        raise DataError(path, "not a JSON object", expected=expected)
+    return data

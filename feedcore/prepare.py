@@ -20,7 +20,7 @@ def prepare_data(config: EngineConfig) -> tuple[CanonicalDataset, Split]:
     dataset = load_dataset(config.data.dataset, config.data.raw_root)
     split = make_split(dataset.events, config.data.split, config.data.history_events)
     dataset.write(config.prepared_dir)
-    split.write(config.splits_dir)
+    split.write(config.splits_dir, dataset_fingerprint(config.prepared_dir))
     logger.info("prepared %s: %s; split train/valid/test = %d/%d/%d", dataset.name, dataset.counts(),
                 split.train.height, split.valid.height, split.test.height)
     return dataset, split
@@ -40,7 +40,7 @@ class TrainingInputs:
 def load_training_inputs(config: EngineConfig) -> TrainingInputs:
     """Read the prepared tables and split written by `prepare_data`."""
     data = CanonicalDataset.read(config.prepared_dir)
-    split = Split.read(config.splits_dir)
+    fingerprint = dataset_fingerprint(config.prepared_dir)
+    split = Split.read(config.splits_dir, fingerprint)
     spec = build_feature_spec(data.items, data.users, config.data.max_history)
-    return TrainingInputs(split, spec, item_features(data.items, split.train, spec),
-                          dataset_fingerprint(config.prepared_dir))
+    return TrainingInputs(split, spec, item_features(data.items, split.train, spec), fingerprint)

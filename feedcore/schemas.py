@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from feedcore.errors import DataError
-from feedcore.io import atomic_path
+from feedcore.io import atomic_path, read_json
 
 ITEMS_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
@@ -72,15 +72,16 @@ def empty_edges() -> pl.DataFrame:
     return pl.DataFrame(schema=EDGES_SCHEMA)
 
 
-def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], table: str) -> pl.DataFrame:
+def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], table: str, source: str | None = None) -> pl.DataFrame:
     """Cast `df` to `schema`: add missing nullable columns, order known columns first, keep extras.
 
-    Raises DataError when a required column is missing or a value cannot be cast.
+    Raises DataError (naming `source`, the file the table came from, when given) when a required
+    column is missing or a value cannot be cast.
     """
+    where = source or f"<{table} table>"
     missing = [c for c in REQUIRED[table] if c not in df.columns]
     if missing:
-        raise DataError(f"<{table} table>", f"missing required column(s) {missing}",
-                        expected=f"columns {list(schema)}")
+        raise DataError(where, f"missing required column(s) {missing}", expected=f"columns {list(schema)}")
     columns = []
     for name, dtype in schema.items():
         if name in df.columns:
@@ -91,8 +92,7 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], table: str) -> pl.
     try:
         return df.select(*columns, *extras)
     except pl.exceptions.PolarsError as e:
-        raise DataError(f"<{table} table>", f"cannot cast to the canonical schema: {e}",
-                        expected=str(schema)) from e
+        raise DataError(where, f"cannot cast to the canonical schema: {e}", expected=str(schema)) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +119,15 @@ class CanonicalDataset:
         events: pl.DataFrame,
         users: pl.DataFrame | None = None,
         edges: pl.DataFrame | None = None,
+        sources: dict[str, str] | None = None,
     ) -> CanonicalDataset:
         """Conform raw loader output to the canonical schema and validate it.
 
         `users` defaults to the distinct users of `events` (and of `edges`); `seq` is filled in
-        from (`ts`, source order) when the loader did not set it.
+        from (`ts`, source order) when the loader did not set it. `sources` names the file of each
+        table, for error messages.
         """
+        sources = sources or {}
         if "ts" not in events.columns:
             events = events.with_columns(pl.lit(None, pl.Int64).alias("ts"))
         if "seq" not in events.columns:
@@ -132,45 +135,49 @@ class CanonicalDataset:
             events = events.with_columns(
                 pl.int_range(pl.len()).over("user_id").cast(pl.Int64).alias("seq")
             ).drop("_order")
-        events = conform(events, EVENTS_SCHEMA, "events")
-        edges = conform(edges, EDGES_SCHEMA, "edges") if edges is not None else empty_edges()
+        events = conform(events, EVENTS_SCHEMA, "events", sources.get("events"))
+        edges = conform(edges, EDGES_SCHEMA, "edges", sources.get("edges")) if edges is not None else empty_edges()
         if users is None:
             ids = [events.select("user_id")]
             if edges.height:
                 ids += [edges.select(pl.col("src_user").alias("user_id")),
                         edges.select(pl.col("dst_user").alias("user_id"))]
             users = pl.concat(ids).unique().sort("user_id")
-        users = conform(users, USERS_KEY_SCHEMA, "users")
-        ds = cls(name, conform(items, ITEMS_SCHEMA, "items"), users, events, edges)
-        ds.validate()
+        users = conform(users, USERS_KEY_SCHEMA, "users", sources.get("users"))
+        ds = cls(name, conform(items, ITEMS_SCHEMA, "items", sources.get("items")), users, events, edges)
+        ds.validate(sources)
         return ds
 
-    def validate(self) -> None:
-        """Check keys, nulls and references; raise DataError naming the table and the bad value."""
+    def validate(self, sources: dict[str, str] | None = None) -> None:
+        """Check keys, nulls and references; raise DataError naming the table (or its file) and value."""
+        sources = sources or {}
+
+        def where(table: str) -> str:
+            return sources.get(table, f"<{self.name}:{table}>")
+
         for table in TABLES:
             df: pl.DataFrame = getattr(self, table)
             for column in REQUIRED[table]:
                 nulls = df[column].null_count()
                 if nulls:
-                    raise DataError(f"<{self.name}:{table}>", f"{nulls} null value(s) in a required column",
+                    raise DataError(where(table), f"{nulls} null value(s) in a required column",
                                     column=column, expected="no nulls")
         for table, key in (("items", "item_id"), ("users", "user_id")):
             df = getattr(self, table)
             dup = df.filter(pl.col(key).is_duplicated())
             if dup.height:
-                raise DataError(f"<{self.name}:{table}>", "duplicate key", column=key,
-                                value=dup[key][0], expected="unique ids")
+                raise DataError(where(table), "duplicate key", column=key, value=dup[key][0], expected="unique ids")
         unknown = self.events.join(self.items, on="item_id", how="anti")
         if unknown.height:
-            raise DataError(f"<{self.name}:events>", f"{unknown.height} event(s) reference unknown items",
+            raise DataError(where("events"), f"{unknown.height} event(s) reference unknown items",
                             column="item_id", value=unknown["item_id"][0], expected="an item_id of the items table")
         unknown = self.events.join(self.users, on="user_id", how="anti")
         if unknown.height:
-            raise DataError(f"<{self.name}:events>", f"{unknown.height} event(s) reference unknown users",
+            raise DataError(where("events"), f"{unknown.height} event(s) reference unknown users",
                             column="user_id", value=unknown["user_id"][0], expected="a user_id of the users table")
         dup = self.events.select("user_id", "seq").filter(pl.struct("user_id", "seq").is_duplicated())
         if dup.height:
-            raise DataError(f"<{self.name}:events>", "seq is not unique within a user", column="seq",
+            raise DataError(where("events"), "seq is not unique within a user", column="seq",
                             value=(dup["user_id"][0], dup["seq"][0]), expected="one position per event")
 
     def counts(self) -> dict[str, int]:
@@ -200,11 +207,7 @@ class CanonicalDataset:
     def read(cls, directory: str | Path) -> CanonicalDataset:
         """Read tables written by `write`; a missing or damaged file raises DataError naming it."""
         directory = Path(directory)
-        meta_path = directory / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(meta_path, "no prepared dataset here",
-                            expected="a directory written by `feed data prepare`")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(directory / "meta.json", "a directory written by `feed data prepare`")
         tables = {}
         for table in TABLES:
             path = directory / f"{table}.parquet"
@@ -227,4 +230,7 @@ def fingerprint(directory: str | Path) -> str:
 
 def dataset_fingerprint(directory: str | Path) -> str:
     """The fingerprint recorded in a prepared dataset's meta.json."""
-    return json.loads((Path(directory) / "meta.json").read_text())["fingerprint"]
+    meta = read_json(Path(directory) / "meta.json", "a directory written by `feed data prepare`")
+    if "fingerprint" not in meta:
+        raise DataError(Path(directory) / "meta.json", "no fingerprint", expected="rerun `feed data prepare`")
+    return meta["fingerprint"]

@@ -13,12 +13,13 @@ they are defined on, so nothing from the future leaks into training.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import polars as pl
 
 from feedcore.errors import DataError
-from feedcore.io import atomic_path
+from feedcore.io import atomic_path, read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,21 +28,29 @@ class Split:
     valid: pl.DataFrame
     test: pl.DataFrame
 
-    def write(self, directory: str | Path) -> None:
+    def write(self, directory: str | Path, data_fingerprint: str) -> None:
+        """Write the three parts and the fingerprint of the data they split, atomically."""
         with atomic_path(directory) as tmp:
             tmp.mkdir()
             for part in ("train", "valid", "test"):
                 getattr(self, part).write_parquet(tmp / f"{part}.parquet")
+            (tmp / "meta.json").write_text(json.dumps({"data_fingerprint": data_fingerprint}))
 
     @classmethod
-    def read(cls, directory: str | Path) -> Split:
+    def read(cls, directory: str | Path, data_fingerprint: str | None = None) -> Split:
+        """Read a split; with `data_fingerprint`, refuse one made from other data."""
         directory = Path(directory)
+        meta = read_json(directory / "meta.json", "a directory written by `feed data prepare`")
+        if data_fingerprint is not None and meta.get("data_fingerprint") != data_fingerprint:
+            raise DataError(directory, "split was made from other data than the prepared tables",
+                            value=meta.get("data_fingerprint"), expected=f"{data_fingerprint}: rerun `feed data prepare`")
         parts = {}
         for part in ("train", "valid", "test"):
             path = directory / f"{part}.parquet"
-            if not path.is_file():
-                raise DataError(path, "split file not found", expected="a directory written by `feed data prepare`")
-            parts[part] = pl.read_parquet(path)
+            try:
+                parts[part] = pl.read_parquet(path)
+            except (OSError, pl.exceptions.PolarsError) as e:
+                raise DataError(path, f"cannot read split: {e}", expected="a file written by `feed data prepare`") from e
         return cls(**parts)
 
 
@@ -80,10 +89,10 @@ def temporal(
     if events["ts"].null_count():
         raise DataError("<events>", "temporal split needs timestamps", column="ts",
                         value=f"{events['ts'].null_count()} nulls", expected="a ts on every event")
-    ts = events["ts"]
+    is_target = pl.lit(True) if not target_events else pl.col("event").is_in(list(target_events))
+    ts = events.filter(is_target)["ts"]  # the fractions are of target events
     t_test = ts.quantile(1.0 - test_fraction, "lower")
     t_valid = ts.quantile(1.0 - test_fraction - valid_fraction, "lower")
-    is_target = pl.lit(True) if not target_events else pl.col("event").is_in(list(target_events))
     return Split(
         train=events.filter(pl.col("ts") < t_valid),
         valid=events.filter(is_target & (pl.col("ts") >= t_valid) & (pl.col("ts") < t_test)),

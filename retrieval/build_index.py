@@ -8,7 +8,6 @@ import numpy as np
 
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import EngineConfig
-from feedcore.features import item_features_from_dict
 from retrieval.embed import embed_items
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
@@ -19,9 +18,8 @@ logger = logging.getLogger(__name__)
 def build_index_job(config: EngineConfig) -> ItemIndex:
     ckpt = load_checkpoint(config.retrieval_path, "retrieval")
     model = TwoTower.from_checkpoint(ckpt)
-    feats = item_features_from_dict(ckpt.extras["item_features"])
     items = np.arange(1, len(ckpt.feature_spec.items))  # row 0 is "unknown", never a candidate
-    embeddings = embed_items(model, feats, items)
+    embeddings = embed_items(model, items)
     index = ItemIndex.build(embeddings, list(ckpt.feature_spec.items.values), config.retrieval.index_factory,
                             search_params=config.retrieval.index_search_params, model_version=ckpt.version)
     index.save(config.index_dir)

@@ -33,6 +33,26 @@ class ItemIndex:
     search_params: str
     model_version: str
 
+    @staticmethod
+    def check_settings(dim: int, factory: str, search_params: str) -> None:
+        """Fail fast (before training) on a factory or search-parameter string faiss rejects."""
+        try:
+            index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"invalid faiss index factory string {factory!r}: {e}") from e
+        if search_params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(index, search_params)
+            except RuntimeError as e:
+                raise ValueError(f"invalid faiss search parameters {search_params!r} for {factory!r}: {e}") from e
+
+    def to_gpus(self) -> bool:
+        """Move the index onto all GPUs when faiss-gpu and a GPU are present; return whether it moved."""
+        if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+            return False
+        self.index = faiss.index_cpu_to_all_gpus(self.index)
+        return True
+
     @classmethod
     def build(
         cls,

@@ -1,20 +1,31 @@
-"""The two-tower retrieval model.
+"""The two-tower retrieval model: a user tower over the history and a content-aware item tower.
 
-Dimension letters: B batch, L history length, N items, D embedding dim, C category values.
+User towers (``TwoTowerArgs.user_encoder``): ``mean`` (mean of the history's item embeddings plus a
+user-id embedding), ``sasrec`` and ``hstu`` (causal sequential encoders, `retrieval.sequential`).
+The item tower embeds an item from its id and its content: content type, categories and, where the
+item has text, a sentence embedding of its title. The content features live in the model as
+buffers, so the model embeds any item index by itself, and an item with no interactions (its id
+row untrained, or the shared "unknown" row 0) still gets an embedding from its content.
+
+Dimension letters: B batch, L history length, N items, D embedding dim, C category values, X text dim.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feedcore.features import ItemFeatures
+from retrieval.sequential import SequentialEncoder
+
 
 @dataclasses.dataclass(frozen=True)
 class TwoTowerArgs:
-    """Sizes that rebuild the model from a checkpoint."""
+    """Sizes and choices that rebuild the model from a checkpoint."""
 
     num_users: int
     num_items: int
@@ -22,30 +33,27 @@ class TwoTowerArgs:
     num_categories: int
     embedding_dim: int
     hidden_dim: int
-
-
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+    user_encoder: str = "mean"  # mean | sasrec | hstu
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 50
+    normalize: bool = True  # cosine similarity (with a temperature) instead of a raw dot product
+    text_dim: int = 0  # 0: no text features
 
 
 class ItemTower(nn.Module):
-    """Item embedding from its id and its content (content type, categories).
-
-    An item with no interactions still gets a useful embedding from its content features, because
-    the id embedding of an unseen item is the shared "unknown" row 0.
-
-    Args:
-        args: model sizes.
-        item_embedding: the item-id table, shared with the user tower.
+    """Item embedding from its id and its content (content type, categories, title text).
 
     Example:
-        >>> args = TwoTowerArgs(10, 20, 3, 5, 8, 16)
+        >>> args = TwoTowerArgs(10, 20, 3, 5, 8, 16, text_dim=4)
         >>> tower = ItemTower(args, nn.Embedding(20, 8))
-        >>> tower(torch.tensor([1, 2]), torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([0, 1])).shape
+        >>> tower(torch.tensor([1, 2]), torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([0, 1]),
+        ...       torch.zeros(2, 4)).shape
         torch.Size([2, 8])
 
     Returns:
-        (B, D) L2-normalised item embeddings.
+        (B, D) item embeddings.
     """
 
     def __init__(self, args: TwoTowerArgs, item_embedding: nn.Embedding) -> None:
@@ -54,7 +62,9 @@ class ItemTower(nn.Module):
         self.item_embedding = item_embedding
         self.content_type_embedding = nn.Embedding(args.num_content_types, d)
         self.category_embedding = nn.EmbeddingBag(args.num_categories, d, mode="mean")
-        self.mlp = _mlp(3 * d, args.hidden_dim, d)
+        self.text_projection = nn.Linear(args.text_dim, d) if args.text_dim else None
+        parts = 4 if args.text_dim else 3
+        self.mlp = nn.Sequential(nn.Linear(parts * d, args.hidden_dim), nn.GELU(), nn.Linear(args.hidden_dim, d))
 
     def forward(
         self,
@@ -62,107 +72,117 @@ class ItemTower(nn.Module):
         content_type: torch.Tensor,  # (B,)
         category_values: torch.Tensor,  # (C,)
         category_offsets: torch.Tensor,  # (B,)
+        text: torch.Tensor | None = None,  # (B, X)
     ) -> torch.Tensor:
-        x = torch.cat(
-            [
-                self.item_embedding(item),
-                self.content_type_embedding(content_type),
-                self.category_embedding(category_values, category_offsets),
-            ],
-            dim=-1,
-        )  # (B, 3D)
-        return F.normalize(self.mlp(x), dim=-1)
+        parts = [
+            self.item_embedding(item),
+            self.content_type_embedding(content_type),
+            self.category_embedding(category_values, category_offsets),
+        ]
+        if self.text_projection is not None:
+            parts.append(self.text_projection(text))
+        x = torch.cat(parts, dim=-1)  # (B, parts*D)
+        # The id embedding passes straight through; the MLP adds what content says about the item.
+        return parts[0] + self.mlp(x)
 
 
-class UserTower(nn.Module):
+class MeanUserTower(nn.Module):
     """User embedding from the user id and the mean of their history's item embeddings.
 
-    Args:
-        args: model sizes.
-        item_embedding: the item-id table, shared with the item tower.
-
-    Example:
-        >>> args = TwoTowerArgs(10, 20, 3, 5, 8, 16)
-        >>> UserTower(args, nn.Embedding(20, 8))(torch.tensor([1]), torch.tensor([[0, 3, 4]])).shape
-        torch.Size([1, 8])
-
     Returns:
-        (B, D) L2-normalised user embeddings.
-    """
-
-    def __init__(self, args: TwoTowerArgs, item_embedding: nn.Embedding) -> None:
-        super().__init__()
-        d = args.embedding_dim
-        self.user_embedding = nn.Embedding(args.num_users, d)
-        self.item_embedding = item_embedding
-        self.mlp = _mlp(2 * d, args.hidden_dim, d)
-
-    def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        mask = (history > 0).unsqueeze(-1).float()  # (B, L, 1); 0 is padding
-        h = self.item_embedding(history) * mask  # (B, L, D)
-        pooled = h.sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
-        x = torch.cat([self.user_embedding(user), pooled], dim=-1)  # (B, 2D)
-        return F.normalize(self.mlp(x), dim=-1)
-
-
-class TwoTower(nn.Module):
-    """User tower and item tower over one shared item-id table; the inference model (no loss).
-
-    Example:
-        >>> model = TwoTower(TwoTowerArgs(10, 20, 3, 5, 8, 16))
-        >>> u = model.user_tower(torch.tensor([1]), torch.tensor([[0, 3]]))
-        >>> v = model.item_tower(torch.tensor([3]), torch.tensor([1]), torch.tensor([2]), torch.tensor([0]))
-        >>> (u * v).sum(-1).shape
-        torch.Size([1])
+        (B, D) user embeddings.
     """
 
     def __init__(self, args: TwoTowerArgs) -> None:
         super().__init__()
+        d = args.embedding_dim
+        self.user_embedding = nn.Embedding(args.num_users, d)
+        self.mlp = nn.Sequential(nn.Linear(2 * d, args.hidden_dim), nn.GELU(), nn.Linear(args.hidden_dim, d))
+
+    def forward(self, user: torch.Tensor, history_embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        mask = valid.unsqueeze(-1).float()  # (B, L, 1)
+        pooled = (history_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        return self.mlp(torch.cat([self.user_embedding(user), pooled], dim=-1))
+
+
+class TwoTower(nn.Module):
+    """The inference model (no loss): embeds items and users into one space.
+
+    Args:
+        args: sizes and choices.
+        item_features: per-item content features, stored as buffers (saved with the weights).
+        text: (N, X) title embeddings, rows of items without text all zero (when args.text_dim).
+
+    Example:
+        >>> feats = ItemFeatures(np.array([0, 1, 2]), np.array([0, 0, 1, 2]), np.array([1, 2]), np.zeros(3, "float32"))
+        >>> model = TwoTower(TwoTowerArgs(4, 3, 3, 3, 8, 16, user_encoder="sasrec", max_len=4), feats)
+        >>> model.item_embeddings(torch.tensor([1, 2])).shape, model.user_embeddings(
+        ...     torch.tensor([1]), torch.tensor([[0, 0, 1, 2]])).shape
+        (torch.Size([2, 8]), torch.Size([1, 8]))
+    """
+
+    def __init__(self, args: TwoTowerArgs, item_features: ItemFeatures, text: np.ndarray | None = None) -> None:
+        super().__init__()
         self.args = args
-        shared = nn.Embedding(args.num_items, args.embedding_dim, padding_idx=0)
-        self.user_tower = UserTower(args, shared)
-        self.item_tower = ItemTower(args, shared)
+        self.item_embedding = nn.Embedding(args.num_items, args.embedding_dim, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=args.embedding_dim ** -0.5)
+        self.item_tower = ItemTower(args, self.item_embedding)
+        if args.user_encoder == "mean":
+            self.user_tower: nn.Module = MeanUserTower(args)
+        else:
+            self.user_tower = SequentialEncoder(args.user_encoder, args.embedding_dim, args.num_blocks,
+                                                args.num_heads, args.dropout, args.max_len)
+        # Items without training events share the untrained "unknown" id row 0: their embedding then
+        # comes from content alone instead of a random, never-updated row.
+        trained = torch.as_tensor(item_features.popularity > 0)
+        self.register_buffer("id_row", torch.where(trained, torch.arange(args.num_items), 0))
+        self.register_buffer("content_type", torch.as_tensor(item_features.content_type, dtype=torch.long))
+        self.register_buffer("category_offsets", torch.as_tensor(item_features.category_offsets, dtype=torch.long))
+        self.register_buffer("category_values", torch.as_tensor(item_features.category_values, dtype=torch.long))
+        if args.text_dim:
+            if text is None or text.shape != (args.num_items, args.text_dim):
+                raise ValueError(f"text features must be ({args.num_items}, {args.text_dim})")
+            self.register_buffer("text", torch.as_tensor(text, dtype=torch.float32))
+        else:
+            self.text = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> TwoTower:
         """The trained model of a `feedcore.artifacts.Checkpoint` of kind ``retrieval``."""
-        model = cls(TwoTowerArgs(**checkpoint.extras["model_args"]))
-        model.load_state_dict(checkpoint.state_dict)
+        args = TwoTowerArgs(**checkpoint.extras["model_args"])
+        sd = checkpoint.state_dict
+        feats = ItemFeatures(sd["content_type"].numpy(), sd["category_offsets"].numpy(),
+                             sd["category_values"].numpy(), (sd["id_row"] > 0).numpy().astype(np.float32))
+        model = cls(args, feats, sd["text"].numpy() if args.text_dim else None)
+        model.load_state_dict(sd)
         return model.eval()
 
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.args.normalize else x
 
-class TwoTowerTrain(nn.Module):
-    """Training wrapper: in-batch sampled softmax with logQ correction.
+    def item_embeddings(self, item: torch.Tensor) -> torch.Tensor:
+        """(n, D) embeddings of item indices `item` (n,)."""
+        starts = self.category_offsets[item]
+        lengths = self.category_offsets[item + 1] - starts
+        offsets = torch.cumsum(lengths, 0) - lengths
+        # The category values of the selected items, concatenated in order.
+        index = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()), device=item.device)
+        text = self.text[item] if self.text is not None else None
+        out = self.item_tower(self.id_row[item], self.content_type[item], self.category_values[index], offsets, text)
+        return self._normalize(out)
 
-    Each positive (user, item) pair is scored against the batch's other items as negatives. Popular
-    items appear as in-batch negatives more often than uniform sampling would; subtracting log q(item)
-    (its sampling probability) from the logits corrects that bias (Yi et al., RecSys 2019). Accidental
-    hits (the same item as the positive elsewhere in the batch) are masked.
+    def embed_history(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) item embeddings of a padded history (B, L); each distinct item embedded once."""
+        unique, inverse = torch.unique(history, return_inverse=True)
+        return self.item_embeddings(unique)[inverse]
 
-    Args:
-        model: the TwoTower to train.
-        temperature: softmax temperature on cosine similarities.
-        log_q: (N,) log sampling probability of each item (its share of training events).
-    """
+    def sequence_outputs(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) sequential-encoder outputs: position t summarises the history up to t."""
+        valid = history > 0
+        return self._normalize(self.user_tower(self.embed_history(history), valid))
 
-    def __init__(self, model: TwoTower, temperature: float, log_q: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.temperature = temperature
-        self.register_buffer("log_q", log_q)
-
-    def forward(
-        self,
-        user: torch.Tensor,
-        history: torch.Tensor,
-        item: torch.Tensor,
-        content_type: torch.Tensor,
-        category_values: torch.Tensor,
-        category_offsets: torch.Tensor,
-    ) -> torch.Tensor:
-        u = self.model.user_tower(user, history)  # (B, D)
-        v = self.model.item_tower(item, content_type, category_values, category_offsets)  # (B, D)
-        logits = u @ v.T / self.temperature - self.log_q[item][None, :]  # (B, B)
-        same = item[:, None] == item[None, :]
-        logits = logits.masked_fill(same & ~torch.eye(len(item), dtype=torch.bool, device=item.device), -1e9)
-        return F.cross_entropy(logits, torch.arange(len(item), device=item.device))
+    def user_embeddings(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings of users with right-aligned padded histories (B, L)."""
+        if self.args.user_encoder == "mean":
+            return self._normalize(self.user_tower(user, self.embed_history(history), history > 0))
+        return self.sequence_outputs(history[:, -self.args.max_len :])[:, -1]

@@ -1,4 +1,12 @@
-"""Training the two-tower model: canonical events → (history, next item) pairs → sampled softmax.
+"""Training the two-tower model.
+
+- ``mean`` user tower: (history before an event, its item) pairs.
+- ``sasrec`` / ``hstu``: every position of each user's sequence predicts the next item (as in
+  SASRec).
+
+Both use one loss: a softmax over the whole catalogue (`num_negatives = 0`, for small catalogues),
+or over shared uniform negatives plus negatives drawn from the batch's targets, with logQ
+correction and accidental hits masked.
 
 Example:
     >>> model, metrics = train_retrieval(config, spec, item_feats, split)   # doctest: +SKIP
@@ -7,10 +15,14 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from evaluation.metrics import full_ranking_metrics
@@ -23,24 +35,81 @@ from feedcore.features import (
     history_events,
     latest_histories,
     pad_histories,
+    sequences,
 )
 from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
-from retrieval.embed import embed_items, embed_users, item_inputs
-from retrieval.model import TwoTower, TwoTowerArgs, TwoTowerTrain
+from retrieval.embed import embed_items, embed_users
+from retrieval.index import ItemIndex
+from retrieval.model import TwoTower, TwoTowerArgs
 
 logger = logging.getLogger(__name__)
 
 
-def model_args(config: RetrievalConfig, spec: FeatureSpec) -> TwoTowerArgs:
+def model_args(config: RetrievalConfig, spec: FeatureSpec, text_dim: int = 0) -> TwoTowerArgs:
     return TwoTowerArgs(
         num_users=len(spec.users),
         num_items=len(spec.items),
         num_content_types=len(spec.content_types),
-        num_categories=len(spec.categories),
+        num_categories=max(2, len(spec.categories)),
         embedding_dim=config.embedding_dim,
         hidden_dim=config.hidden_dim,
+        user_encoder=config.user_encoder,
+        num_blocks=config.num_blocks,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+        max_len=spec.max_history,
+        normalize=config.normalize,
+        text_dim=text_dim,
     )
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """Softmax cross-entropy of (query, positive item) pairs against the whole catalogue, or
+    against shared sampled negatives with logQ correction.
+
+    Args:
+        model: the TwoTower whose items are scored.
+        config: temperature, `num_negatives` (0 = full softmax) and `in_batch_negatives`.
+        item_frequency: (N,) each item's share of training targets (the in-batch sampling
+            distribution, for the logQ correction).
+    """
+
+    def __init__(self, model: TwoTower, config: RetrievalConfig, item_frequency: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = config.temperature if model.args.normalize else 1.0
+        self.num_negatives = config.num_negatives
+        self.in_batch = config.in_batch_negatives
+        self.register_buffer("frequency", item_frequency)
+
+    def forward(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """query (P, D), target (P,) item indices → mean loss."""
+        n = self.model.args.num_items
+        device = query.device
+        if self.num_negatives == 0 or self.num_negatives >= n - 1:
+            items = self.model.item_embeddings(torch.arange(1, n, device=device))  # (N-1, D)
+            return F.cross_entropy(query @ items.T / self.temperature, target - 1)
+        uniform = torch.randint(1, n, (self.num_negatives,), device=device)
+        in_batch = target[torch.randint(0, len(target), (self.in_batch,), device=device)]
+        candidates = torch.cat([uniform, in_batch])  # (S,)
+        unique, inverse = torch.unique(torch.cat([target, candidates]), return_inverse=True)
+        embedded = self.model.item_embeddings(unique)
+        positive, negative = embedded[inverse[: len(target)]], embedded[inverse[len(target) :]]
+        # Expected number of times each item is drawn: the logQ correction of sampled softmax.
+        def log_q(items: torch.Tensor) -> torch.Tensor:
+            return torch.log(self.num_negatives / (n - 1) + self.in_batch * self.frequency[items] + 1e-12)
+
+        pos_logits = (query * positive).sum(-1) / self.temperature - log_q(target)  # (P,)
+        neg_logits = query @ negative.T / self.temperature - log_q(candidates)[None]  # (P, S)
+        neg_logits = neg_logits.masked_fill(candidates[None] == target[:, None], float("-inf"))
+        logits = torch.cat([pos_logits[:, None], neg_logits], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long, device=device))
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def train_retrieval(
@@ -49,50 +118,96 @@ def train_retrieval(
     item_features: ItemFeatures,
     split: Split,
     *,
+    text: np.ndarray | None = None,
     progress: bool = True,
+    on_epoch_end: Callable[[int, TwoTower, float], None] | None = None,
 ) -> tuple[TwoTower, dict[str, float]]:
-    """Train on `split.train` and report full-ranking metrics on `split.valid`."""
+    """Train on `split.train`; return the model and full-ranking metrics on `split.valid`.
+
+    Args:
+        text: optional (N, X) title embeddings of the items (vocabulary order).
+        on_epoch_end: called with (epoch, model, seconds so far) after each epoch (e.g. to
+            record a validation curve).
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
-    examples = histories_before_each_event(split.train, spec)
-    users = examples["user_idx"].to_numpy()
-    targets = examples["item_idx"].to_numpy()
-    histories = pad_histories(examples["history"], spec.max_history)
+    model = TwoTower(model_args(config, spec, 0 if text is None else text.shape[1]), item_features, text).to(device)
 
-    counts = np.bincount(targets, minlength=len(spec.items)).astype(np.float64) + 1.0
-    log_q = torch.from_numpy(np.log(counts / counts.sum())).float()
-    model = TwoTower(model_args(config, spec)).to(device)
-    trainer = TwoTowerTrain(model, config.temperature, log_q).to(device)
-    optimizer = torch.optim.AdamW(trainer.parameters(), lr=config.learning_rate)
+    if config.user_encoder == "mean":
+        examples = histories_before_each_event(split.train, spec)
+        users = examples["user_idx"].to_numpy()
+        targets = examples["item_idx"].to_numpy()
+        inputs = pad_histories(examples["history"], spec.max_history)
+    else:
+        # One row per user: the last max_len + 1 items; inputs[t] predicts targets[t] = inputs[t + 1].
+        seqs = pad_histories(sequences(split.train, spec)["item_idx"], spec.max_history + 1)
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]
+        users = np.zeros(len(seqs), np.int64)
 
-    n_batches = max(1, len(targets) // config.batch_size)
+    counts = np.bincount(targets[targets > 0], minlength=len(spec.items)).astype(np.float64)
+    frequency = torch.from_numpy(counts / counts.sum()).float()
+    loss_fn = SampledSoftmaxLoss(model, config, frequency).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = config.epochs * -(-len(inputs) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.lr_schedule, total_steps))
+
+    start = time.perf_counter()
+    epochs_run = 0
     for epoch in range(config.epochs):
-        trainer.train()
-        order = rng.permutation(len(targets))
-        total = 0.0
-        bar = tqdm(range(n_batches), desc=f"retrieval epoch {epoch + 1}/{config.epochs}", disable=None if progress else True)
-        for b in bar:
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            loss = trainer(
-                torch.from_numpy(users[idx]).to(device),
-                torch.from_numpy(histories[idx]).to(device),
-                *item_inputs(item_features, targets[idx], device)[0:4],
-            )
+        model.train()
+        total, steps = 0.0, 0
+        batches = _batches(len(inputs), config.batch_size, rng)
+        bar = tqdm(batches, desc=f"retrieval epoch {epoch + 1}/{config.epochs}", disable=None if progress else True)
+        for idx in bar:
+            history = torch.from_numpy(inputs[idx]).to(device)
+            target = torch.from_numpy(targets[idx]).to(device)
+            if config.user_encoder == "mean":
+                query = model.user_embeddings(torch.from_numpy(users[idx]).to(device), history)  # (B, D)
+            else:
+                mask = (history > 0) & (target > 0)
+                query, target = model.sequence_outputs(history)[mask], target[mask]  # (P, D), (P,)
+            loss = loss_fn(query, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (b + 1):.3f}")
-        logger.info("retrieval epoch %d: loss %.4f", epoch + 1, total / n_batches)
-    metrics = evaluate_retrieval(model, spec, item_features, split.train, split.valid)
+            scheduler.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        logger.info("retrieval epoch %d: loss %.4f (%.0fs)", epoch + 1, total / max(steps, 1),
+                    time.perf_counter() - start)
+        epochs_run = epoch + 1
+        elapsed = time.perf_counter() - start
+        if on_epoch_end is not None:
+            on_epoch_end(epochs_run, model, elapsed)
+        if config.max_train_minutes and elapsed > config.max_train_minutes * 60:
+            logger.info("retrieval: stopping after epoch %d, past the %.0f-minute budget", epochs_run,
+                        config.max_train_minutes)
+            break
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate_retrieval(model, spec, split.train, split.valid)
+    metrics.update(train_seconds=train_seconds, epochs=float(epochs_run))
     return model, metrics
+
+
+def _schedule(kind: str, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step."""
+    if kind == "constant":
+        return lambda step: 1.0
+    warmup = max(1, total_steps // 100)
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + np.cos(np.pi * progress))
+
+    return cosine
 
 
 def evaluate_retrieval(
     model: TwoTower | None,
     spec: FeatureSpec,
-    item_features: ItemFeatures | None,
     history: pl.DataFrame,
     heldout: pl.DataFrame,
     ks: tuple[int, ...] = (10, 50, 200),
@@ -114,13 +229,15 @@ def evaluate_retrieval(
     else:
         histories = latest_histories(history, spec)
         hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
-        item_emb = embed_items(model, item_features, np.arange(len(spec.items)))
+        item_emb = embed_items(model, np.arange(len(spec.items)))
         scores = embed_users(model, spec.users.encode(heldout["user_id"]), hist) @ item_emb.T  # (B, N)
     return full_ranking_metrics(scores, target, exclude, ks)
 
 
 def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
     """`feed train retrieval`: prepared data → trained two-tower checkpoint (with its features)."""
+    ItemIndex.check_settings(config.retrieval.embedding_dim, config.retrieval.index_factory,
+                             config.retrieval.index_search_params)  # before, not after, training
     inputs = load_training_inputs(config)
     split = Split(*(history_events(getattr(inputs.split, p), config.data.history_events)
                     for p in ("train", "valid", "test")))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
+from feedcore.io import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 PROTOS = REPO / "protos"
 PACKAGE = "feedcore/proto"
@@ -40,8 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         target = REPO / PACKAGE
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(Path(tmp) / PACKAGE, target)
+        with atomic_path(target) as staged:  # never a half-written package
+            shutil.copytree(Path(tmp) / PACKAGE, staged)
     print(f"generated {sorted(str(p.relative_to(REPO)) for p in target.rglob('*.py*'))}", file=sys.stderr)
 
 

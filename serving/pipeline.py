@@ -16,16 +16,17 @@ import polars as pl
 import torch
 
 from feedcore.artifacts import load_checkpoint
-from feedcore.config import EngineConfig
+from feedcore.config import EngineConfig, resolve_device
 from feedcore.errors import ArtifactError
 from feedcore.features import (
     FeatureSpec,
     ItemFeatures,
     history_events,
     item_features_from_dict,
+    latest_histories,
     pad_histories,
 )
-from feedcore.schemas import CanonicalDataset
+from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from ranker.batching import ranker_inputs
 from ranker.model import MultiTaskRanker
 from ranker.value_model import blend_by_value_model, value_scores
@@ -72,18 +73,19 @@ def encode_cursor(user_id: str, offset: int, version: str) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_cursor(cursor: str, user_id: str) -> int:
+def decode_cursor(cursor: str, user_id: str, version: str) -> int:
     """The offset in the ranked feed a cursor points to."""
     if not cursor:
         return 0
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        offset = int(data["o"])
-        owner = data["u"]
+        offset, owner, issued_by = int(data["o"]), data["u"], data["v"]
     except (binascii.Error, ValueError, KeyError, TypeError) as e:
         raise CursorError("cursor is malformed: pass back the next_cursor of the previous page") from e
     if owner != user_id or offset < 0:
         raise CursorError(f"cursor was issued for another user, not {user_id!r}")
+    if issued_by != version:
+        raise CursorError("cursor was issued by an earlier model version: start again without a cursor")
     return offset
 
 
@@ -108,12 +110,8 @@ class FeedPipeline:
         self.spec = spec
         self.item_features = item_features
         self.catalog = {r[0]: (r[1], r[2] or "") for r in items.select("item_id", "content_type", "title").iter_rows()}
-        ordered = events.sort("user_id", "seq")
-        grouped = ordered.group_by("user_id", maintain_order=True).agg(pl.col("item_id"))
-        self.seen = {u: set(ids) for u, ids in grouped.iter_rows()}
-        self.histories = {
-            u: spec.items.encode(pl.Series(ids[-spec.max_history :])) for u, ids in grouped.iter_rows()
-        }
+        self.seen = {u: set(ids) for u, ids in events.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
+        self.histories = latest_histories(events, spec)  # the training-time transform (no skew)
         self.retrieval = retrieval
         self.popular = popular
         self.ranker = ranker.eval()
@@ -121,7 +119,6 @@ class FeedPipeline:
         self.retrieval_candidates = retrieval_candidates
         self.popular_candidates = popular_candidates
         self.model_version = model_version
-        value_scores({t: np.zeros(1) for t in ranker.task_names}, value_weights)  # fail fast on bad weights
 
     @classmethod
     def from_artifacts(cls, config: EngineConfig) -> FeedPipeline:
@@ -130,11 +127,21 @@ class FeedPipeline:
         retrieval_ckpt = load_checkpoint(config.retrieval_path, "retrieval")
         ranker_ckpt = load_checkpoint(config.ranker_path, "ranker")
         index = ItemIndex.load(config.index_dir)
-        if retrieval_ckpt.data_fingerprint != ranker_ckpt.data_fingerprint:
-            raise ArtifactError(
-                f"{config.retrieval_path} and {config.ranker_path} were trained on different data "
-                f"({retrieval_ckpt.data_fingerprint} vs {ranker_ckpt.data_fingerprint}); retrain both"
-            )
+        if resolve_device(config.retrieval.device).startswith("cuda"):
+            index.to_gpus()
+        data_fingerprint = dataset_fingerprint(config.prepared_dir)
+        for path, ckpt in ((config.retrieval_path, retrieval_ckpt), (config.ranker_path, ranker_ckpt)):
+            if ckpt.data_fingerprint != data_fingerprint:
+                raise ArtifactError(f"{path} was trained on other data than {config.prepared_dir} holds now "
+                                    f"({ckpt.data_fingerprint} vs {data_fingerprint}); run `feed train {ckpt.kind}`")
+        if (retrieval_ckpt.extras["history_events"] != ranker_ckpt.extras["history_events"]
+                or retrieval_ckpt.feature_spec.max_history != ranker_ckpt.feature_spec.max_history):
+            raise ArtifactError(f"{config.retrieval_path} and {config.ranker_path} use different histories "
+                                "(history_events / max_history); retrain both with one config")
+        missing = sorted(set(config.serving.value_weights) - {t["name"] for t in ranker_ckpt.config["tasks"]})
+        if missing:
+            raise ArtifactError(f"serving.value_weights name task(s) {missing} that {config.ranker_path} does not "
+                                f"predict ({[t['name'] for t in ranker_ckpt.config['tasks']]})")
         if index.model_version != retrieval_ckpt.version:
             raise ArtifactError(f"{config.index_dir} was built from retrieval model {index.model_version}, "
                                 f"not {retrieval_ckpt.version}; run `feed index build`")
@@ -160,7 +167,7 @@ class FeedPipeline:
     def get_feed(self, request: FeedRequest) -> FeedPage:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        offset = decode_cursor(request.cursor, request.user_id)
+        offset = decode_cursor(request.cursor, request.user_id, self.model_version)
         history = self.histories.get(request.user_id, np.zeros(0, np.int64))
         seen = self.seen.get(request.user_id, set())
 

@@ -70,3 +70,31 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
         code = server.wait(timeout=60)
     assert code == 0
     assert "stopped" in server.stderr.read()
+
+
+def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path):
+    """`feed demo` as a user runs it: prepare, train both, index, serve, two feeds, clean stop."""
+    config = tmp_path / "demo.toml"
+    config.write_text(textwrap.dedent(f"""
+        artifacts_dir = '{tmp_path / "a"}'
+        [data]
+        dataset = 'ml-latest-small'
+        raw_root = '{REPO / "data" / "ml-latest-small"}'
+        max_history = 20
+        history_events = ['rating']
+        [retrieval]
+        embedding_dim = 16
+        hidden_dim = 32
+        epochs = 1
+        [ranker]
+        embedding_dim = 8
+        dense_hidden = [16]
+        over_hidden = [16, 8]
+        epochs = 1
+        batch_size = 4096
+        tasks = [{{ name = 'engage', event = 'rating' }}, {{ name = 'like', event = 'rating', threshold = 4.0 }}]
+    """))
+    result = _feed("demo", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("feed for user") == 3  # two users, the first with two pages
+    assert "movie" in result.stdout and "server stopped cleanly (exit code 0)" in result.stdout

@@ -41,4 +41,5 @@ def load_canonical(root: str | Path) -> CanonicalDataset:
         events=_read(root / "events.parquet", required=True),
         users=_read(root / "users.parquet", required=False),
         edges=_read(root / "edges.parquet", required=False),
+        sources={t: str(root / f"{t}.parquet") for t in ("items", "users", "events", "edges")},
     )

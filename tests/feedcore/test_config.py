@@ -31,3 +31,23 @@ def test_task_kind_is_checked(tmp_path):
     path.write_text("[ranker]\ntasks = [{ name = 'x', kind = 'ordinal' }]\n")
     with pytest.raises(DataError, match="unsupported value.*'ordinal'.*binary"):
         load_config(path)
+
+
+def test_bool_is_not_an_int_and_tasks_need_names(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[retrieval]\nepochs = true\n")
+    with pytest.raises(DataError, match="retrieval.epochs': wrong type"):
+        load_config(path)
+    path.write_text("[ranker]\ntasks = [{ kind = 'binary' }]\n")
+    with pytest.raises(DataError, match=r"missing key\(s\) \['name'\]"):
+        load_config(path)
+
+
+def test_tasks_and_value_weights_must_agree(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[ranker]\ntasks = [{ name = 'click' }, { name = 'click' }]\n")
+    with pytest.raises(DataError, match="duplicate task name"):
+        load_config(path)
+    path.write_text("[ranker]\ntasks = [{ name = 'click' }]\n[serving]\nvalue_weights = { click = 1.0, follow = 2.0 }\n")
+    with pytest.raises(DataError, match=r"serving.value_weights': value-model weights name undeclared task\(s\) \(got \['follow'\]\)"):
+        load_config(path)

@@ -24,5 +24,9 @@ def test_own_tables_are_validated(tmp_path):
     pl.DataFrame({"item_id": ["a"], "content_type": ["video"]}).write_parquet(tmp_path / "items.parquet")
     pl.DataFrame({"user_id": ["u"], "item_id": ["b"], "content_type": ["video"], "event": ["click"]}).write_parquet(
         tmp_path / "events.parquet")
-    with pytest.raises(DataError, match=r"reference unknown items.*'b'"):
+    with pytest.raises(DataError, match=r"events\.parquet, column 'item_id': 1 event\(s\) reference unknown items.*'b'"):
+        load_dataset("canonical", tmp_path)
+    pl.DataFrame({"user_id": ["u"], "item_id": ["a"], "content_type": ["video"], "event": ["click"],
+                  "ts": ["yesterday"]}).write_parquet(tmp_path / "events.parquet")
+    with pytest.raises(DataError, match=r"events\.parquet: cannot cast to the canonical schema"):
         load_dataset("canonical", tmp_path)

@@ -4,6 +4,7 @@ import dataclasses
 import shutil
 
 import grpc
+import polars as pl
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -85,11 +86,17 @@ def test_bad_requests_get_invalid_argument(stub, kwargs, message):
     assert message in info.value.details()
 
 
-def test_a_cursor_cannot_be_replayed_for_another_user(stub):
+def test_a_cursor_cannot_be_replayed_for_another_user_or_model(stub):
+    from serving.pipeline import encode_cursor
+
     cursor = _get(stub, "1", page_size=5).next_cursor
     with pytest.raises(grpc.RpcError) as info:
         _get(stub, "2", page_size=5, cursor=cursor)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        _get(stub, "1", page_size=5, cursor=encode_cursor("1", 5, "an-older-model"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "earlier model version" in info.value.details()
 
 
 def test_health_and_reflection(channel):
@@ -119,5 +126,29 @@ def test_startup_refuses_missing_or_mismatched_artifacts(trained_engine, tmp_pat
 def test_value_weights_must_name_ranker_tasks(trained_engine):
     config = dataclasses.replace(trained_engine, serving=dataclasses.replace(
         trained_engine.serving, value_weights={"engage": 1.0, "follow": 2.0}))
-    with pytest.raises(KeyError, match="follow"):
+    with pytest.raises(ArtifactError, match=r"value_weights name task\(s\) \['follow'\]"):
         FeedPipeline.from_artifacts(config)
+
+
+def test_models_trained_on_other_data_are_refused(trained_engine, tmp_path):
+    from feedcore.schemas import CanonicalDataset
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(trained_engine.artifacts_dir, copy)
+    data = CanonicalDataset.read(copy / "data")
+    data.with_events(data.events.head(1000)).write(copy / "data")  # re-prepared: different data
+    with pytest.raises(ArtifactError, match="trained on other data.*run `feed train retrieval`"):
+        FeedPipeline.from_artifacts(dataclasses.replace(trained_engine, artifacts_dir=str(copy)))
+
+
+def test_serving_histories_are_the_training_transform(pipeline, trained_engine):
+    from feedcore.features import histories_before_each_event, history_events
+    from feedcore.schemas import CanonicalDataset
+
+    events = history_events(CanonicalDataset.read(trained_engine.prepared_dir).events,
+                            trained_engine.data.history_events)
+    # Training sees, before a user's k-th event, exactly what the server holds after k events.
+    user = events.filter(pl.col("user_id") == "1").sort("seq")
+    extended = pl.concat([user, user.tail(1).with_columns(pl.col("seq") + 1, pl.lit("x").alias("item_id"))])
+    rows = histories_before_each_event(extended, pipeline.spec)
+    assert rows["history"][-1].to_list() == pipeline.histories["1"].tolist()
