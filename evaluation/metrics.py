@@ -72,11 +72,27 @@ def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def full_ranking_metrics(
-    scores: np.ndarray, target: np.ndarray, exclude: list[np.ndarray], ks: tuple[int, ...] = (10, 50, 200)
+    scores: np.ndarray,
+    target: np.ndarray,
+    exclude: list[np.ndarray],
+    ks: tuple[int, ...] = (10, 50, 200),
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """HR@K for each K and NDCG@10 of each row's target among all items, `exclude` removed."""
+    """HR@K for each K and NDCG@10 of each row's target among all items, `exclude` removed.
+
+    With `groups` (e.g. the content type of each row's target), the same metrics per group too,
+    keyed ``"<group>/hr@10"`` and so on.
+    """
     ranks = rank_of_target(scores, target, exclude)
-    metrics = {f"hr@{k}": hit_rate_at_k(ranks, k) for k in ks}
-    metrics["ndcg@10"] = ndcg_at_k(ranks, 10)
-    metrics["users"] = float(len(ranks))
+
+    def summary(r: np.ndarray) -> dict[str, float]:
+        out = {f"hr@{k}": hit_rate_at_k(r, k) for k in ks}
+        out["ndcg@10"] = ndcg_at_k(r, 10)
+        out["users"] = float(len(r))
+        return out
+
+    metrics = summary(ranks)
+    if groups is not None:
+        for g in np.unique(groups):
+            metrics.update({f"{g}/{k}": v for k, v in summary(ranks[groups == g]).items()})
     return metrics

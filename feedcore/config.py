@@ -55,6 +55,7 @@ class RetrievalConfig:
     num_heads: int = 1
     dropout: float = 0.2
     normalize: bool = True  # cosine similarity / temperature; False: raw dot product
+    text_features: bool = False  # title embeddings (all-MiniLM-L6-v2) in the item tower
     temperature: float = 0.05
     # Softmax over the whole catalogue when 0 (small catalogues); else this many shared uniform
     # negatives per batch, plus `in_batch_negatives` drawn from the batch's targets, logQ-corrected.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import polars as pl
+
 from feedcore.config import EngineConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import FeatureSpec, ItemFeatures, build_feature_spec, item_features
@@ -35,6 +37,7 @@ class TrainingInputs:
     spec: FeatureSpec
     item_features: ItemFeatures
     data_fingerprint: str
+    items: pl.DataFrame
 
 
 def load_training_inputs(config: EngineConfig) -> TrainingInputs:
@@ -43,4 +46,4 @@ def load_training_inputs(config: EngineConfig) -> TrainingInputs:
     fingerprint = dataset_fingerprint(config.prepared_dir)
     split = Split.read(config.splits_dir, fingerprint)
     spec = build_feature_spec(data.items, data.users, config.data.max_history)
-    return TrainingInputs(split, spec, item_features(data.items, split.train, spec), fingerprint)
+    return TrainingInputs(split, spec, item_features(data.items, split.train, spec), fingerprint, data.items)

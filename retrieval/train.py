@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,7 @@ from feedcore.features import (
 )
 from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
+from feedcore.text import item_text_embeddings
 from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower, TwoTowerArgs
@@ -212,7 +214,8 @@ def evaluate_retrieval(
     heldout: pl.DataFrame,
     ks: tuple[int, ...] = (10, 50, 200),
 ) -> dict[str, float]:
-    """Full-ranking HR@K / NDCG@10 of each user's held-out item, their history items excluded.
+    """Full-ranking HR@K / NDCG@10 of each user's held-out item, their history items excluded;
+    overall and, when held-out items span several content types, per content type.
 
     With `model` None, the most-popular baseline under the same protocol (items scored by their
     number of `history` events).
@@ -231,7 +234,9 @@ def evaluate_retrieval(
         hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
         item_emb = embed_items(model, np.arange(len(spec.items)))
         scores = embed_users(model, spec.users.encode(heldout["user_id"]), hist) @ item_emb.T  # (B, N)
-    return full_ranking_metrics(scores, target, exclude, ks)
+    types = heldout["content_type"].to_numpy() if "content_type" in heldout.columns else None
+    groups = types if types is not None and len(np.unique(types)) > 1 else None
+    return full_ranking_metrics(scores, target, exclude, ks, groups)
 
 
 def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
@@ -241,7 +246,12 @@ def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple
     inputs = load_training_inputs(config)
     split = Split(*(history_events(getattr(inputs.split, p), config.data.history_events)
                     for p in ("train", "valid", "test")))
-    model, metrics = train_retrieval(config.retrieval, inputs.spec, inputs.item_features, split, progress=progress)
+    text = None
+    if config.retrieval.text_features:
+        text = item_text_embeddings(inputs.items, inputs.spec,
+                                    Path(config.artifacts_dir) / "text" / f"titles-{inputs.data_fingerprint}.npy")
+    model, metrics = train_retrieval(config.retrieval, inputs.spec, inputs.item_features, split, text=text,
+                                     progress=progress)
     ckpt = save_model(config.retrieval_path, kind="retrieval", model=model, config=config.retrieval, inputs=inputs,
                       history_events=config.data.history_events, metrics=metrics)
     return ckpt, metrics

@@ -95,15 +95,9 @@ def test_training_with_fused_embeddings_learns(trained_engine):
     assert metrics["engage/auc"] > 0.75
     assert metrics["like/auc"] > 0.7
     assert all("/fused@" in v for v in metrics["sharding"].values())
-    # The fused RowWiseAdagrad updated the tables: trained rows differ from their initialisation.
+    # The gathered tables come back whole (one row per item) for the unsharded inference model.
     table = ckpt.state_dict["sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight"]
-    assert table.shape[0] == len(ckpt.feature_spec.items)
-    assert torch.isfinite(table).all()
-
-
-def test_ranker_config_defaults_are_consistent():
-    config = RankerConfig()
-    assert {t.name for t in config.tasks} >= {"engage", "like"}
+    assert table.shape == (len(ckpt.feature_spec.items), 8)
 
 
 def test_dmp_plans_fused_kernels_and_the_fused_optimizer_updates_tables():

@@ -143,3 +143,13 @@ def test_full_ranking_metrics_on_a_known_case():
     assert ranks.tolist() == [0, 2]
     assert hit_rate_at_k(ranks, 1) == 0.5
     assert ndcg_at_k(ranks, 10) == (1.0 + 1.0 / np.log2(4)) / 2
+
+
+def test_metrics_per_content_type():
+    from evaluation.metrics import full_ranking_metrics
+
+    scores = np.array([[0.0, 3.0, 2.0, 1.0]] * 3)
+    metrics = full_ranking_metrics(scores, np.array([1, 2, 3]), [np.array([0])] * 3, ks=(1, 2),
+                                   groups=np.array(["movie", "movie", "post"]))
+    assert metrics["hr@1"] == pytest.approx(1 / 3) and metrics["movie/hr@2"] == 1.0
+    assert metrics["post/hr@2"] == 0.0 and metrics["post/users"] == 1.0
