@@ -76,21 +76,17 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config)
     torch.set_num_threads(2)
-    rng = np.random.default_rng(0)
-    base = FeedPipeline.from_artifacts(config)
-    known = sorted(base.histories)
-    users = [str(u) for u in rng.choice(known, args.requests)]
+    serving = dataclasses.replace(config.serving, port=0)
     results = {}
-    for name, retrieval_k, popular_k in (("candidates_250", 200, 50), ("candidates_1000", 800, 200)):
-        serving = dataclasses.replace(config.serving, retrieval_candidates=retrieval_k,
-                                      popular_candidates=popular_k, port=0)
-        base.retrieval_candidates, base.popular_candidates = retrieval_k, popular_k
-        results[name] = run_variant(base, serving, users, args.page_size)
+    for name, ann_k, popular_k in (("candidates_250", 200, 50), ("candidates_1000", 800, 200)):
+        candidates = dataclasses.replace(config.candidates, ann=ann_k, popular=popular_k)
+        pipeline = FeedPipeline.from_artifacts(dataclasses.replace(config, candidates=candidates))
+        users = [str(u) for u in np.random.default_rng(0).choice(sorted(pipeline.histories), args.requests)]
+        results[name] = run_variant(pipeline, serving, users, args.page_size)
     report = {
         "benchmark": "feed_latency",
         "dataset": config.data.dataset,
-        "index": base.retrieval.index.factory,
-        "items": len(base.retrieval.index),
+        "index": config.retrieval.index_factory,
         "requests": args.requests,
         "page_size": args.page_size,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},

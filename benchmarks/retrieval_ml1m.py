@@ -37,9 +37,9 @@ PUBLISHED = [
     {"model": "HSTU-large (HSTU README)", "hr@10": 0.3294, "ndcg@10": 0.1893, "source": "HSTU README, own ML-1M preprocessing (3,706 items): only roughly comparable"},
 ]
 BASE = RetrievalConfig(
-    embedding_dim=64, hidden_dim=128, num_blocks=2, num_heads=1, dropout=0.1, normalize=False,
-    num_negatives=256, in_batch_negatives=256, batch_size=64, learning_rate=2e-3, lr_schedule="cosine",
-    epochs=48, seed=0, device="cpu",
+    embedding_dim=64, hidden_dim=128, num_blocks=2, num_heads=1, dropout=0.2, normalize=False,
+    num_negatives=0, batch_size=128, learning_rate=3e-3, lr_schedule="cosine", epochs=45, bf16=True,
+    seed=0, device="cpu",
 )
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["sasrec", "hstu"])
     parser.add_argument("--minutes", type=float, default=25.0, help="training budget per model")
     parser.add_argument("--epochs", type=int, default=BASE.epochs, help="cosine schedule length")
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=10)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)

@@ -56,6 +56,7 @@ class RetrievalConfig:
     dropout: float = 0.2
     normalize: bool = True  # cosine similarity / temperature; False: raw dot product
     text_features: bool = False  # title embeddings (all-MiniLM-L6-v2) in the item tower
+    id_dropout: float = 0.0  # share of training items embedded from content alone (cold-start items)
     temperature: float = 0.05
     # Softmax over the whole catalogue when 0 (small catalogues); else this many shared uniform
     # negatives per batch, plus `in_batch_negatives` drawn from the batch's targets, logQ-corrected.
@@ -66,6 +67,8 @@ class RetrievalConfig:
     learning_rate: float = 2e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: 1% warm-up, then decay to 0
     weight_decay: float = 0.0
+    # bfloat16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, and GPUs); fp32 weights.
+    bf16: bool = False
     max_train_minutes: float = 0.0  # > 0: stop after the epoch that passes this wall-clock budget
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -93,12 +96,24 @@ class RankerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CandidatesConfig:
+    """How many candidates each source contributes (`retrieval.candidates`); unfilled quota goes to
+    `popular`, the fallback, so every user gets ann + social + follow + popular candidates."""
+
+    ann: int = 200  # nearest items to the user embedding
+    # Content type -> share of `ann` searched in that type's shard; empty: one search over all types.
+    ann_type_shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    social: int = 50  # items engaged by accounts the user follows (datasets with a follow graph)
+    follow: int = 20  # accounts followed by the accounts the user follows
+    popular: int = 50  # trending per content type
+    popular_half_life_days: float = 0.0  # > 0: events count 2^(-age / half-life); 0: all-time counts
+
+
+@dataclasses.dataclass(frozen=True)
 class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     max_page_size: int = 100
-    retrieval_candidates: int = 200
-    popular_candidates: int = 50
     # Value model: final score = sum of weight * task prediction.
     value_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"engage": 1.0, "like": 0.5})
     max_workers: int = 8
@@ -110,6 +125,7 @@ class EngineConfig:
     data: DataConfig = DataConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     ranker: RankerConfig = RankerConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
     serving: ServingConfig = ServingConfig()
 
     @property

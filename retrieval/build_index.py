@@ -20,7 +20,9 @@ def build_index_job(config: EngineConfig) -> ItemIndex:
     model = TwoTower.from_checkpoint(ckpt)
     items = np.arange(1, len(ckpt.feature_spec.items))  # row 0 is "unknown", never a candidate
     embeddings = embed_items(model, items)
-    index = ItemIndex.build(embeddings, list(ckpt.feature_spec.items.values), config.retrieval.index_factory,
+    spec = ckpt.feature_spec
+    content_types = [spec.content_types.decode(int(t)) for t in model.content_type[items].tolist()]
+    index = ItemIndex.build(embeddings, list(spec.items.values), content_types, config.retrieval.index_factory,
                             search_params=config.retrieval.index_search_params, model_version=ckpt.version)
     index.save(config.index_dir)
     logger.info("indexed %d items with %s (model %s)", len(index), index.factory, ckpt.version)

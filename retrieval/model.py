@@ -40,6 +40,9 @@ class TwoTowerArgs:
     max_len: int = 50
     normalize: bool = True  # cosine similarity (with a temperature) instead of a raw dot product
     text_dim: int = 0  # 0: no text features
+    # Training only: the share of items whose id embedding is replaced by the "unknown" row, so the
+    # content path learns to embed items on its own (items with no interactions depend on it).
+    id_dropout: float = 0.0
 
 
 class ItemTower(nn.Module):
@@ -168,7 +171,10 @@ class TwoTower(nn.Module):
         # The category values of the selected items, concatenated in order.
         index = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()), device=item.device)
         text = self.text[item] if self.text is not None else None
-        out = self.item_tower(self.id_row[item], self.content_type[item], self.category_values[index], offsets, text)
+        id_row = self.id_row[item]
+        if self.training and self.args.id_dropout > 0:
+            id_row = id_row.masked_fill(torch.rand(len(item), device=item.device) < self.args.id_dropout, 0)
+        out = self.item_tower(id_row, self.content_type[item], self.category_values[index], offsets, text)
         return self._normalize(out)
 
     def embed_history(self, history: torch.Tensor) -> torch.Tensor:

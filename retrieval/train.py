@@ -63,6 +63,7 @@ def model_args(config: RetrievalConfig, spec: FeatureSpec, text_dim: int = 0) ->
         max_len=spec.max_history,
         normalize=config.normalize,
         text_dim=text_dim,
+        id_dropout=config.id_dropout,
     )
 
 
@@ -164,12 +165,13 @@ def train_retrieval(
         for idx in bar:
             history = torch.from_numpy(inputs[idx]).to(device)
             target = torch.from_numpy(targets[idx]).to(device)
-            if config.user_encoder == "mean":
-                query = model.user_embeddings(torch.from_numpy(users[idx]).to(device), history)  # (B, D)
-            else:
-                mask = (history > 0) & (target > 0)
-                query, target = model.sequence_outputs(history)[mask], target[mask]  # (P, D), (P,)
-            loss = loss_fn(query, target)
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=config.bf16):
+                if config.user_encoder == "mean":
+                    query = model.user_embeddings(torch.from_numpy(users[idx]).to(device), history)  # (B, D)
+                else:
+                    mask = (history > 0) & (target > 0)
+                    query, target = model.sequence_outputs(history)[mask], target[mask]  # (P, D), (P,)
+                loss = loss_fn(query, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -30,9 +30,9 @@ from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from ranker.batching import ranker_inputs
 from ranker.model import MultiTaskRanker
 from ranker.value_model import blend_by_value_model, value_scores
+from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
-from serving.candidate_sources import PopularSource, RetrievalSource
 
 logger = logging.getLogger(__name__)
 
@@ -99,25 +99,19 @@ class FeedPipeline:
         item_features: ItemFeatures,
         items: pl.DataFrame,
         events: pl.DataFrame,
-        retrieval: RetrievalSource,
-        popular: PopularSource,
+        candidates: CandidateGenerator,
         ranker: MultiTaskRanker,
         value_weights: dict[str, float],
-        retrieval_candidates: int,
-        popular_candidates: int,
         model_version: str,
     ) -> None:
         self.spec = spec
         self.item_features = item_features
         self.catalog = {r[0]: (r[1], r[2] or "") for r in items.select("item_id", "content_type", "title").iter_rows()}
-        self.seen = {u: set(ids) for u, ids in events.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
+        self.seen = {u: frozenset(ids) for u, ids in events.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
         self.histories = latest_histories(events, spec)  # the training-time transform (no skew)
-        self.retrieval = retrieval
-        self.popular = popular
+        self.candidates = candidates
         self.ranker = ranker.eval()
         self.value_weights = value_weights
-        self.retrieval_candidates = retrieval_candidates
-        self.popular_candidates = popular_candidates
         self.model_version = model_version
 
     @classmethod
@@ -147,19 +141,18 @@ class FeedPipeline:
                                 f"not {retrieval_ckpt.version}; run `feed index build`")
         spec = ranker_ckpt.feature_spec
         item_feats = item_features_from_dict(ranker_ckpt.extras["item_features"])
-        events = history_events(data.events, tuple(ranker_ckpt.extras["history_events"]))
-        popularity = np.expm1(item_feats.popularity[1:])
+        history = tuple(ranker_ckpt.extras["history_events"])
+        candidates = make_candidate_generator(
+            config.candidates, model=TwoTower.from_checkpoint(retrieval_ckpt), index=index,
+            spec=retrieval_ckpt.feature_spec, data=data, history_events=history)
         return cls(
             spec=spec,
             item_features=item_feats,
             items=data.items,
-            events=events,
-            retrieval=RetrievalSource(TwoTower.from_checkpoint(retrieval_ckpt), index, retrieval_ckpt.feature_spec),
-            popular=PopularSource(list(spec.items.values), popularity),
+            events=history_events(data.events, history),
+            candidates=candidates,
             ranker=MultiTaskRanker.from_checkpoint(ranker_ckpt),
             value_weights=config.serving.value_weights,
-            retrieval_candidates=config.serving.retrieval_candidates,
-            popular_candidates=config.serving.popular_candidates,
             model_version=f"{retrieval_ckpt.version}+{ranker_ckpt.version}",
         )
 
@@ -169,15 +162,11 @@ class FeedPipeline:
         t0 = time.perf_counter()
         offset = decode_cursor(request.cursor, request.user_id, self.model_version)
         history = self.histories.get(request.user_id, np.zeros(0, np.int64))
-        seen = self.seen.get(request.user_id, set())
+        seen = self.seen.get(request.user_id, frozenset())
 
-        # 1. candidate sources (a cold user has no history: popular items only)
-        candidates: dict[str, str] = {}
-        if len(history):
-            ids, _ = self.retrieval.candidates(request.user_id, history, seen, self.retrieval_candidates)
-            candidates.update((i, self.retrieval.name) for i in ids)
-        ids, _ = self.popular.candidates(request.user_id, history, seen | set(candidates), self.popular_candidates)
-        candidates.update((i, self.popular.name) for i in ids)
+        # 1. candidate sources (a cold user has no history: the fallback fills the list)
+        found = self.candidates.generate(UserState(request.user_id, history, seen))
+        candidates = {c.item_id: c.source for c in found}
         item_ids = list(candidates)
         timings["candidates"] = _lap(t0)
 

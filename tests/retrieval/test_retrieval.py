@@ -65,23 +65,30 @@ def test_sequential_encoders_are_causal(user_encoder):
     assert torch.allclose(user[0], out[0, -1], atol=1e-6)
 
 
+def _types(n):
+    return ["movie" if i % 3 else "post" for i in range(n)]
+
+
 def test_index_round_trip_returns_identical_results(tmp_path):
     x = _clustered()
     ids = [f"item{i}" for i in range(len(x))]
-    index = ItemIndex.build(x, ids, "IVF16,Flat", search_params="nprobe=4", model_version="m1")
-    before = index.search(x[:5], 10)
+    index = ItemIndex.build(x, ids, _types(len(x)), "IVF16,Flat", search_params="nprobe=4", model_version="m1",
+                            exact_below=100)
+    assert {s.factory for s in index.shards.values()} == {"IVF16,Flat"}
+    before = index.search(x[:5], 10), index.search(x[:5], 10, "post")
     index.save(tmp_path / "index")
     loaded = ItemIndex.load(tmp_path / "index")
     assert (loaded.factory, loaded.search_params, loaded.model_version) == ("IVF16,Flat", "nprobe=4", "m1")
-    assert loaded.search(x[:5], 10) == before
+    assert (loaded.search(x[:5], 10), loaded.search(x[:5], 10, "post")) == before
 
 
 @pytest.mark.parametrize("factory,params", [("IVF16,Flat", "nprobe=16"), ("HNSW16", "efSearch=256")])
 def test_ann_matches_exact_search(factory, params):
     x = _clustered()
     ids = [str(i) for i in range(len(x))]
-    exact = ItemIndex.build(x, ids, "Flat", model_version="m")
-    ann = ItemIndex.build(x, ids, factory, search_params=params, model_version="m")
+    exact = ItemIndex.build(x, ids, ["item"] * len(x), "Flat", model_version="m")
+    ann = ItemIndex.build(x, ids, ["item"] * len(x), factory, search_params=params, model_version="m",
+                          exact_below=0)
     queries = x[:50]
     _, want = exact.search(queries, 20)
     _, got = ann.search(queries, 20)
@@ -89,23 +96,56 @@ def test_ann_matches_exact_search(factory, params):
     assert recall > 0.95
 
 
-def test_padding_never_reaches_callers_and_items_are_added_without_rebuild():
+def test_search_by_content_type_matches_exact_search_filtered_to_that_type():
+    x = _clustered()
+    ids, types = [str(i) for i in range(len(x))], _types(len(x))
+    index = ItemIndex.build(x, ids, types, "Flat", model_version="m")
+    scores = x[:20] @ x.T  # (Q, N) exact inner products
+    for content_type in ("movie", "post"):
+        allowed = np.array([t == content_type for t in types])
+        want = [[ids[j] for j in np.argsort(-np.where(allowed, row, -np.inf), kind="stable")[:15]] for row in scores]
+        got_scores, got = index.search(x[:20], 15, content_type)
+        assert [set(g) for g in got] == [set(w) for w in want]
+        assert all(s == sorted(s, reverse=True) for s in got_scores)
+    # Over all types, the merged shards give the exact global top k.
+    want = [[ids[j] for j in np.argsort(-row, kind="stable")[:15]] for row in scores]
+    assert [set(g) for g in index.search(x[:20], 15)[1]] == [set(w) for w in want]
+    assert index.search(x[:2], 5, "no-such-type")[1] == [[], []]
+
+
+def test_small_shards_are_exact_and_padding_never_reaches_callers():
     x = _clustered(n=5)
-    index = ItemIndex.build(x, list("abcde"), "Flat", model_version="m")
+    index = ItemIndex.build(x, list("abcde"), ["t"] * 5, "IVF1024,PQ8", model_version="m")
+    assert index.shards["t"].factory == "Flat"  # 5 vectors cannot train 1,024 lists
     scores, ids = index.search(x[:1], 10)
     assert len(ids[0]) == 5 and "-1" not in ids[0]
-    index.add(x[:1] * -1, ["f"])
-    assert len(index) == 6 and index.search(-x[:1], 1)[1] == [["f"]]
+
+
+def test_items_are_added_without_rebuild_including_a_new_content_type():
+    x = _clustered()
+    index = ItemIndex.build(x, [str(i) for i in range(len(x))], _types(len(x)), "IVF16,Flat",
+                            search_params="nprobe=16", model_version="m", exact_below=100)
+    trained = index.shards["movie"].index
+    index.add(-x[:2], ["new-movie", "generated-1"], ["movie", "generated"])
+    assert index.shards["movie"].index is trained and len(index) == len(x) + 2
+    assert index.search(-x[:1], 1)[1] == [["new-movie"]]
+    assert index.search(-x[1:2], 1, "generated")[1] == [["generated-1"]]
 
 
 def test_bad_factory_and_missing_or_corrupt_index_are_reported(tmp_path):
+    x, ids, types = _clustered(n=50), [str(i) for i in range(50)], ["t"] * 50
     with pytest.raises(ValueError, match="invalid faiss index factory string 'IVFbogus'"):
-        ItemIndex.build(_clustered(n=50), [str(i) for i in range(50)], "IVFbogus", model_version="m")
+        ItemIndex.build(x, ids, types, "IVFbogus", model_version="m")
+    with pytest.raises(ValueError, match="50 embeddings, 50 item ids and 3 content types"):
+        ItemIndex.build(x, ids, types[:3], "Flat", model_version="m")
     with pytest.raises(ArtifactError, match="no item index found; run `feed index build`"):
         ItemIndex.load(tmp_path / "nothing")
-    ItemIndex.build(_clustered(n=50), [str(i) for i in range(50)], "Flat", model_version="m").save(tmp_path / "i")
-    (tmp_path / "i" / "index.faiss").write_bytes(b"garbage")
+    ItemIndex.build(x, ids, types, "Flat", model_version="m").save(tmp_path / "i")
+    (tmp_path / "i" / "shard-0.faiss").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="corrupt item index"):
+        ItemIndex.load(tmp_path / "i")
+    (tmp_path / "i" / "shard-0.faiss").unlink()
+    with pytest.raises(ArtifactError, match="shard of content type 't' is missing"):
         ItemIndex.load(tmp_path / "i")
 
 

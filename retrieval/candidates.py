@@ -1,0 +1,244 @@
+"""Candidate generation: the few hundred items, of every content type, that the ranker scores.
+
+Sources, each tagging its candidates with its name (for explanations and as a ranker feature):
+
+- ``ann``: the user tower's embedding → the faiss index, over all content types or with a quota per
+  content type (each type searched in its own shard, no post-filtering);
+- ``social``: items engaged by the accounts the user follows, scored by how many of them engaged;
+- ``follow``: accounts to follow: those followed by the accounts the user follows (friends of
+  friends), scored by how many of them follow it;
+- ``popular``: trending items per content type (event counts, decayed by age when the data has
+  time), interleaved across types: the fallback, and the whole list for a user with no history.
+
+`CandidateGenerator` asks the sources in order, each for its quota; an item goes to the first
+source that finds it, seen items are excluded, and quota a source cannot fill (a cold user has no
+embedding and follows nobody) passes to the last source, so every user gets a full list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+
+from feedcore.config import CandidatesConfig
+from feedcore.features import FeatureSpec, pad_histories
+from feedcore.features import history_events as select_events
+from feedcore.schemas import ACCOUNT, CanonicalDataset, account_item_id
+from retrieval.embed import embed_users
+from retrieval.index import ItemIndex
+from retrieval.model import TwoTower
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class UserState:
+    """What the sources know about the requesting user."""
+
+    user_id: str
+    history: np.ndarray  # item indices, oldest first (empty for a new user)
+    seen: frozenset[str]  # items never to return
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    item_id: str
+    source: str
+    score: float
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """Up to `k` (item id, score) pairs, best first, none of them in `exclude`."""
+
+
+class AnnSource:
+    """Nearest items to the user tower's embedding; `type_shares` splits `k` across content types
+    in proportion to the shares (each type searched in its own shard)."""
+
+    name = "ann"
+
+    def __init__(self, model: TwoTower, index: ItemIndex, spec: FeatureSpec,
+                 type_shares: dict[str, float] | None = None) -> None:
+        self.model = model
+        self.index = index
+        self.spec = spec
+        unknown = sorted(set(type_shares or {}) - set(index.content_types))
+        if unknown:
+            raise ValueError(f"candidates.ann_type_shares name content type(s) {unknown} that the index does not hold "
+                             f"(it holds {index.content_types})")
+        self.type_shares = type_shares or {}
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        if not len(user.history):
+            return []  # no history: no embedding worth searching with
+        query = embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
+                            pad_histories([user.history], self.spec.max_history))
+        if not self.type_shares:
+            return _search(self.index, query, k, None, exclude)
+        total = sum(self.type_shares.values())
+        out = []
+        for content_type, share in self.type_shares.items():
+            out += _search(self.index, query, max(1, round(k * share / total)), content_type, exclude)
+        return sorted(out, key=lambda c: -c[1])[:k]
+
+
+def _search(index: ItemIndex, query: np.ndarray, k: int, content_type: str | None,
+            exclude: set[str]) -> list[tuple[str, float]]:
+    # Ask for enough to survive the exclusion of seen items.
+    scores, ids = index.search(query, k + len(exclude), content_type)
+    return [(i, s) for i, s in zip(ids[0], scores[0], strict=True) if i not in exclude][:k]
+
+
+class SocialGraph:
+    """Who follows whom (edges of any kind, plus ``follow`` events on account items), and what each
+    user engaged with."""
+
+    def __init__(self, edges: pl.DataFrame, events: pl.DataFrame) -> None:
+        follows = events.filter(pl.col("content_type") == ACCOUNT).select(
+            "user_id", pl.col("item_id").str.strip_prefix(f"{ACCOUNT}:").alias("followee"))
+        pairs = pl.concat([edges.select(pl.col("src_user").alias("user_id"), pl.col("dst_user").alias("followee")),
+                           follows]).unique(maintain_order=True)
+        self.followees: dict[str, list[str]] = dict(pairs.group_by("user_id", maintain_order=True)
+                                                    .agg("followee").iter_rows())
+        engaged = events.filter(pl.col("content_type") != ACCOUNT).unique(["user_id", "item_id"], maintain_order=True)
+        self.engaged: dict[str, list[str]] = dict(engaged.group_by("user_id", maintain_order=True)
+                                                  .agg("item_id").iter_rows())
+
+    def __bool__(self) -> bool:
+        return bool(self.followees)
+
+
+class SocialSource:
+    """Items engaged by the accounts the user follows, scored by how many of them engaged."""
+
+    name = "social"
+
+    def __init__(self, graph: SocialGraph) -> None:
+        self.graph = graph
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        counts = Counter(i for f in self.graph.followees.get(user.user_id, ()) for i in self.graph.engaged.get(f, ()))
+        return _top(counts, k, exclude)
+
+
+class FollowSource:
+    """Accounts to follow: accounts followed by those the user follows, scored by how many of them
+    follow it. Only accounts that exist as items of the catalogue are returned."""
+
+    name = "follow"
+
+    def __init__(self, graph: SocialGraph, accounts: set[str]) -> None:
+        self.graph = graph
+        self.accounts = accounts
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        followees = self.graph.followees.get(user.user_id, ())
+        counts = Counter(account_item_id(a) for f in followees for a in self.graph.followees.get(f, ())
+                         if a != user.user_id)
+        return _top(Counter({a: c for a, c in counts.items() if a in self.accounts}), k, exclude)
+
+
+def _top(counts: Counter, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    ranked = sorted(((i, c) for i, c in counts.items() if i not in exclude), key=lambda x: (-x[1], x[0]))
+    return [(i, float(c)) for i, c in ranked[:k]]
+
+
+class PopularSource:
+    """Trending items per content type, interleaved across types (round robin, each type's best
+    first), so a cold feed shows every content type.
+
+    Args:
+        events: the events to count (the training history).
+        half_life_days: > 0 and the events have ``ts``: each event counts 2^(-age / half-life),
+            age measured from the newest event; otherwise all events count 1.
+    """
+
+    name = "popular"
+
+    def __init__(self, events: pl.DataFrame, half_life_days: float = 0.0) -> None:
+        weight = pl.lit(1.0)
+        if half_life_days > 0 and events["ts"].null_count() < events.height:
+            age_days = (pl.col("ts").max() - pl.col("ts")) / 86400.0
+            weight = (2.0 ** (-age_days / half_life_days)).fill_null(0.0)
+        counts = (events.with_columns(weight.alias("weight")).group_by("item_id", "content_type")
+                  .agg(pl.col("weight").sum().alias("score"))
+                  .sort("score", "item_id", descending=[True, False]))
+        by_type = {t: list(g.select("item_id", "score").iter_rows())
+                   for (t,), g in counts.group_by("content_type", maintain_order=True)}
+        # Round robin across types: the i-th best of each type before the (i+1)-th of any.
+        ranked = [(item, score, rank) for rows in by_type.values() for rank, (item, score) in enumerate(rows)]
+        ranked.sort(key=lambda x: (x[2], -x[1]))
+        self.items = [(item, float(score)) for item, score, _ in ranked]
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+        out = []
+        for item, score in self.items:
+            if item not in exclude:
+                out.append((item, score))
+                if len(out) == k:
+                    break
+        return out
+
+
+class CandidateGenerator:
+    """Merges sources with per-source quotas; the last source is the fallback that takes up any
+    quota the others left unfilled.
+
+    Example:
+        >>> events = pl.DataFrame({"user_id": ["u", "v"], "item_id": ["a", "b"], "content_type": ["x", "y"],
+        ...                        "ts": [None, None]}, schema_overrides={"ts": pl.Int64})
+        >>> gen = CandidateGenerator([(PopularSource(events), 5)])
+        >>> [(c.item_id, c.source) for c in gen.generate(UserState("new", np.zeros(0, np.int64), frozenset()))]
+        [('a', 'popular'), ('b', 'popular')]
+    """
+
+    def __init__(self, sources: Sequence[tuple[CandidateSource, int]]) -> None:
+        if not sources:
+            raise ValueError("a candidate generator needs at least one source")
+        self.sources = list(sources)
+
+    def generate(self, user: UserState) -> list[Candidate]:
+        taken: dict[str, Candidate] = {}
+        exclude = set(user.seen)
+        unfilled = 0
+        for i, (source, quota) in enumerate(self.sources):
+            k = quota + (unfilled if i == len(self.sources) - 1 else 0)
+            found = source.candidates(user, k, exclude) if k > 0 else []
+            for item_id, score in found:
+                taken[item_id] = Candidate(item_id, source.name, score)
+                exclude.add(item_id)
+            unfilled += quota - len(found)
+        return list(taken.values())
+
+
+def make_candidate_generator(
+    config: CandidatesConfig,
+    *,
+    model: TwoTower,
+    index: ItemIndex,
+    spec: FeatureSpec,
+    data: CanonicalDataset,
+    history_events: tuple[str, ...],
+) -> CandidateGenerator:
+    """The sources `config` asks for, in order ann → social → follow → popular (the fallback).
+    Popularity counts the history events; the social sources (left out when the data has no
+    follow graph) see every event and edge."""
+    sources: list[tuple[CandidateSource, int]] = [
+        (AnnSource(model, index, spec, config.ann_type_shares or None), config.ann)]
+    graph = SocialGraph(data.edges, data.events)
+    if graph:
+        catalog = set(data.items.filter(pl.col("content_type") == ACCOUNT)["item_id"].to_list())
+        sources += [(SocialSource(graph), config.social), (FollowSource(graph, catalog), config.follow)]
+    sources = [(s, k) for s, k in sources if k > 0]
+    sources.append((PopularSource(select_events(data.events, history_events), config.popular_half_life_days),
+                    config.popular))
+    return CandidateGenerator(sources)

@@ -1,0 +1,126 @@
+"""The candidate layer: ANN per content type, the social graph, trending, and their merge."""
+
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from feedcore.datasets import load_dataset
+from feedcore.features import FeatureSpec, Vocabulary
+from feedcore.schemas import account_item_id
+from retrieval.candidates import (
+    AnnSource,
+    CandidateGenerator,
+    FollowSource,
+    PopularSource,
+    SocialGraph,
+    SocialSource,
+    UserState,
+)
+from retrieval.embed import embed_items
+from retrieval.index import ItemIndex
+from tests.retrieval.test_retrieval import _tiny_model
+
+NOBODY = UserState("nobody", np.zeros(0, np.int64), frozenset())
+
+
+@pytest.fixture(scope="module")
+def lastfm(shared_data):
+    return load_dataset("lastfm-2k", shared_data / "lastfm-2k")
+
+
+def _user(user_id, seen=()):
+    return UserState(user_id, np.array([1, 2, 3]), frozenset(seen))
+
+
+def test_social_source_counts_followees_who_engaged_on_real_graph(lastfm):
+    graph = SocialGraph(lastfm.edges, lastfm.events)
+    user = lastfm.edges["src_user"][0]
+    followees = set(lastfm.edges.filter(pl.col("src_user") == user)["dst_user"])
+    plays = lastfm.events.filter(pl.col("event") == "play")
+    want = Counter(plays.filter(pl.col("user_id").is_in(list(followees))).unique(["user_id", "item_id"])["item_id"])
+    seen = {plays.filter(pl.col("user_id") == user)["item_id"][0]}
+    got = SocialSource(graph).candidates(_user(user, seen), 30, set(seen))
+    assert len(got) == 30 and not seen & {i for i, _ in got}
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    assert all(want[i] == s for i, s in got)
+    assert got[0][1] == max(c for i, c in want.items() if i not in seen)
+
+
+def test_follow_source_suggests_friends_of_friends_not_self_nor_followed(lastfm):
+    graph = SocialGraph(lastfm.edges, lastfm.events)
+    accounts = set(lastfm.items.filter(pl.col("content_type") == "account")["item_id"])
+    user = lastfm.edges["src_user"][0]
+    followed = {account_item_id(u) for u in graph.followees[user]}
+    got = FollowSource(graph, accounts).candidates(_user(user, followed), 20, set(followed))
+    assert got and not followed & {i for i, _ in got}
+    assert account_item_id(user) not in {i for i, _ in got}
+    for item, score in got:
+        followers = [f for f in graph.followees[user] if account_item_id(item.split(":", 1)[1]) in
+                     {account_item_id(a) for a in graph.followees.get(f, ())}]
+        assert item in accounts and len(followers) == score
+    # A user who follows nobody gets nothing from either social source.
+    assert FollowSource(graph, accounts).candidates(NOBODY, 20, set()) == []
+    assert SocialSource(graph).candidates(NOBODY, 20, set()) == []
+
+
+def test_popular_interleaves_content_types_and_decays_old_events():
+    day = 86400
+    events = pl.DataFrame({
+        "user_id": ["u"] * 7,
+        "item_id": ["old", "old", "old", "new", "new", "p1", "p2"],
+        "content_type": ["movie"] * 5 + ["post"] * 2,
+        "ts": [0, 0, 0, 100 * day, 100 * day, 100 * day, 50 * day],
+    })
+    all_time = PopularSource(events)
+    assert [i for i, _ in all_time.candidates(NOBODY, 10, set())] == ["old", "p1", "new", "p2"]
+    trending = PopularSource(events, half_life_days=10)
+    # Round by round (each type's best, then second best), higher score first within a round.
+    assert [i for i, _ in trending.candidates(NOBODY, 10, set())] == ["new", "p1", "p2", "old"]
+    assert [i for i, _ in trending.candidates(NOBODY, 2, {"new"})] == ["p1", "p2"]
+
+
+def test_ann_type_shares_search_each_content_type_shard():
+    torch.manual_seed(0)
+    model = _tiny_model("mean", n_items=30).eval()
+    model.id_row = torch.arange(30)  # every item trained: distinct embeddings, no ties
+    items = np.arange(1, 30)
+    ids = [f"i{i}" for i in items]
+    types = ["abc"[t] for t in model.content_type[items].tolist()]
+    index = ItemIndex.build(embed_items(model, items), ids, types, "Flat", model_version="m")
+    spec = FeatureSpec(Vocabulary(("u",)), Vocabulary(tuple(ids)), Vocabulary(("a", "b", "c")), Vocabulary(()), 6)
+    source = AnnSource(model, index, spec, {"a": 1.0, "b": 3.0})
+    got = source.candidates(_user("u", {"i3"}), 8, {"i3"})
+    kinds = Counter(types[ids.index(i)] for i, _ in got)
+    assert kinds == {"a": 2, "b": 6} and "i3" not in {i for i, _ in got}
+    # Each type's share is that type's exact top k.
+    query = source.candidates(_user("u"), 100, set())
+    top_b = [i for i, _ in query if types[ids.index(i)] == "b"][:6]
+    assert [i for i, _ in got if types[ids.index(i)] == "b"] == [i for i in top_b if i != "i3"][:6]
+    assert source.candidates(NOBODY, 8, set()) == []  # no history: nothing to search with
+    with pytest.raises(ValueError, match=r"ann_type_shares name content type\(s\) \['z'\]"):
+        AnnSource(model, index, spec, {"z": 1.0})
+
+
+class _Fixed:
+    def __init__(self, name, items):
+        self.name, self.items = name, items
+
+    def candidates(self, user, k, exclude):
+        return [(i, 1.0) for i in self.items if i not in exclude][:k]
+
+
+def test_generator_quotas_first_source_wins_seen_excluded_and_fallback_fills():
+    first = _Fixed("first", ["a", "b", "c", "d"])
+    second = _Fixed("second", ["b", "e"])  # can fill only one of its 3 slots once "b" is taken
+    fallback = _Fixed("popular", ["a", "f", "g", "h", "i", "j", "k"])
+    gen = CandidateGenerator([(first, 2), (second, 3), (fallback, 2)])
+    got = gen.generate(UserState("u", np.array([1]), frozenset({"a"})))
+    assert [(c.item_id, c.source) for c in got] == [
+        ("b", "first"), ("c", "first"), ("e", "second"), ("f", "popular"), ("g", "popular"), ("h", "popular"),
+        ("i", "popular")]
+    # A cold user: sources that find nothing hand their quota to the fallback.
+    cold = CandidateGenerator([(_Fixed("first", []), 3), (fallback, 2)]).generate(NOBODY)
+    assert [c.item_id for c in cold] == ["a", "f", "g", "h", "i"]
