@@ -35,6 +35,13 @@ from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 
 logger = logging.getLogger(__name__)
+# Why an item is in the feed, by the source that found it (the feed's `explanation`).
+EXPLANATIONS = {
+    "ann": "close to what you engaged with recently",
+    "social": "engaged by accounts you follow",
+    "follow": "followed by accounts you follow",
+    "popular": "trending",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import uuid
 import grpc
 
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from retrieval.candidates import EXPLANATIONS
 from serving.pipeline import CursorError, FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 feed_pb2.FeedItem(
                     item_id=i.item_id, content_type=i.content_type, score=i.score, task_scores=i.task_scores,
                     source=i.source, position=i.position, title=i.title,
-                    explanation=f"from {i.source} candidates",
+                    explanation=EXPLANATIONS.get(i.source, i.source),
                 )
                 for i in page.items
             ],

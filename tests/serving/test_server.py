@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from feedcore.errors import ArtifactError
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from retrieval.candidates import EXPLANATIONS
 from serving.pipeline import FeedPipeline
 from serving.server import SERVICE_NAME, create_server
 
@@ -50,7 +51,7 @@ def test_feed_for_a_known_user(stub, pipeline):
         assert 0.0 < item.task_scores["engage"] < 1.0
         # score is the value model: 1.0 * engage + 0.5 * like
         assert item.score == pytest.approx(item.task_scores["engage"] + 0.5 * item.task_scores["like"], rel=1e-5)
-        assert item.source in {"retrieval", "popular"}
+        assert item.source in {"ann", "popular"} and item.explanation in {EXPLANATIONS["ann"], EXPLANATIONS["popular"]}
         assert item.item_id not in pipeline.seen["1"]  # nothing the user already rated
     assert [i.position for i in response.items] == list(range(10))
 
