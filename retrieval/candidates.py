@@ -149,8 +149,9 @@ class FollowSource:
 
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         followees = self.graph.followees.get(user.user_id, ())
+        already = {user.user_id, *followees}  # whether or not follows are in the user's history
         counts = Counter(account_item_id(a) for f in followees for a in self.graph.followees.get(f, ())
-                         if a != user.user_id)
+                         if a not in already)
         return _top(Counter({a: c for a, c in counts.items() if a in self.accounts}), k, exclude)
 
 
