@@ -17,6 +17,12 @@ scored separately ("cold" rows): the item must be found among all 38,396 items f
 Variants, one run, same split and budget: the SASRec user tower with the item tower's title text
 (all-MiniLM-L6-v2) and without it (id + content type + categories), and the most-popular baseline.
 Writes benchmarks/results/retrieval_amazon.json.
+
+Known issue (first run, 2026-11-23; not committed): in this release every user's last event is an
+Art item (the loader's docstring explains why), so plain leave-one-out tests Art only (no
+per-type figures) on a target whose position is constructed; overall HR@10 came out at 0.012.
+The protocol must move to the source's own (one target per `target_line`) before its figures mean
+anything.
 """
 
 from __future__ import annotations
