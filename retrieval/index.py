@@ -46,7 +46,7 @@ class ItemIndex:
         >>> idx = ItemIndex.build(np.eye(4, dtype="float32"), ["a", "b", "c", "d"], ["x", "x", "y", "y"],
         ...                       "Flat", model_version="m1")
         >>> idx.search(np.eye(4, dtype="float32")[:1], k=2)[1], idx.search(np.eye(4)[:1], 1, "y")[1]
-        ([['a', 'c']], [['c']])
+        ([['a', 'b']], [['c']])
     """
 
     shards: dict[str, Shard]
