@@ -18,7 +18,6 @@ embedding and follows nobody) passes to the last source, so every user gets a fu
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
@@ -28,13 +27,12 @@ import polars as pl
 
 from feedcore.config import CandidatesConfig
 from feedcore.features import FeatureSpec, pad_histories
-from feedcore.features import history_events as select_events
+from feedcore.features import history_events as select_events  # the parameter name is taken below
 from feedcore.schemas import ACCOUNT, CanonicalDataset, account_item_id
 from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 
-logger = logging.getLogger(__name__)
 # Why an item is in the feed, by the source that found it (the feed's `explanation`).
 EXPLANATIONS = {
     "ann": "close to what you engaged with recently",
@@ -106,12 +104,13 @@ def _search(index: ItemIndex, query: np.ndarray, k: int, content_type: str | Non
 
 
 class SocialGraph:
-    """Who follows whom (edges of any kind, plus ``follow`` events on account items), and what each
-    user engaged with."""
+    """Who follows whom (edges of any kind, plus events on account items, whose ``creator_id`` is
+    the account's user), and what each user engaged with."""
 
-    def __init__(self, edges: pl.DataFrame, events: pl.DataFrame) -> None:
-        follows = events.filter(pl.col("content_type") == ACCOUNT).select(
-            "user_id", pl.col("item_id").str.strip_prefix(f"{ACCOUNT}:").alias("followee"))
+    def __init__(self, edges: pl.DataFrame, events: pl.DataFrame, items: pl.DataFrame) -> None:
+        owners = items.filter(pl.col("content_type") == ACCOUNT).select("item_id", pl.col("creator_id").alias("followee"))
+        follows = (events.filter(pl.col("content_type") == ACCOUNT).join(owners, on="item_id")
+                   .select("user_id", "followee").drop_nulls())
         pairs = pl.concat([edges.select(pl.col("src_user").alias("user_id"), pl.col("dst_user").alias("followee")),
                            follows]).unique(maintain_order=True)
         self.followees: dict[str, list[str]] = dict(pairs.group_by("user_id", maintain_order=True)
@@ -242,7 +241,7 @@ def make_candidate_generator(
     follow graph) see every event and edge."""
     sources: list[tuple[CandidateSource, int]] = [
         (AnnSource(model, index, spec, config.ann_type_shares or None), config.ann)]
-    graph = SocialGraph(data.edges, data.events)
+    graph = SocialGraph(data.edges, data.events, data.items)
     if graph:
         catalog = set(data.items.filter(pl.col("content_type") == ACCOUNT)["item_id"].to_list())
         sources += [(SocialSource(graph), config.social), (FollowSource(graph, catalog), config.follow)]

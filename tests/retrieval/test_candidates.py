@@ -36,7 +36,7 @@ def _user(user_id, seen=()):
 
 
 def test_social_source_counts_followees_who_engaged_on_real_graph(lastfm):
-    graph = SocialGraph(lastfm.edges, lastfm.events)
+    graph = SocialGraph(lastfm.edges, lastfm.events, lastfm.items)
     user = lastfm.edges["src_user"][0]
     followees = set(lastfm.edges.filter(pl.col("src_user") == user)["dst_user"])
     plays = lastfm.events.filter(pl.col("event") == "play")
@@ -50,7 +50,7 @@ def test_social_source_counts_followees_who_engaged_on_real_graph(lastfm):
 
 
 def test_follow_source_suggests_friends_of_friends_not_self_nor_followed(lastfm):
-    graph = SocialGraph(lastfm.edges, lastfm.events)
+    graph = SocialGraph(lastfm.edges, lastfm.events, lastfm.items)
     accounts = set(lastfm.items.filter(pl.col("content_type") == "account")["item_id"])
     edges = lastfm.edges
     user = edges["src_user"][0]
