@@ -81,7 +81,11 @@ class RankerConfig:
     embedding_dim: int = 32
     dense_hidden: tuple[int, ...] = (64, 32)
     cross_layers: int = 2
-    over_hidden: tuple[int, ...] = (128, 64)
+    over_hidden: tuple[int, ...] = (64, 32)  # each task's tower
+    experts: Literal["mmoe", "ple", "shared"] = "mmoe"
+    num_shared_experts: int = 4
+    num_task_experts: int = 1  # experts owned by each task (ple only)
+    expert_hidden: int = 64
     tasks: tuple[TaskConfig, ...] = (
         TaskConfig("engage", "binary", 1.0, "*"),
         TaskConfig("like", "binary", 1.0, "rating", 4.0),
@@ -110,13 +114,42 @@ class CandidatesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BlendConfig:
+    """How the blender (`ranker.blender`) orders value-scored candidates into a feed."""
+
+    # Content type -> target share of the feed. Empty: no type mix, order by value (and diversity).
+    type_shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    diversity: float = 0.0  # MMR λ in [0, 1]: 0 = by value only
+    creator_cap: int = 0  # most items of one creator per `creator_window` positions; 0 = no cap
+    creator_window: int = 10
+    depth: int = 200  # positions blended; later ones follow by value
+
+    def __post_init__(self) -> None:
+        bad = {t: s for t, s in self.type_shares.items() if not 0 <= s <= 1}
+        if bad or sum(self.type_shares.values()) > 1 + 1e-9:
+            raise ValueError(f"blend type_shares {self.type_shares}: each share must be in [0, 1] and they "
+                             "must sum to at most 1")
+        if not 0 <= self.diversity <= 1:
+            raise ValueError(f"blend diversity {self.diversity}: expected a value in [0, 1]")
+        if self.creator_cap < 0 or self.creator_window < 1 or self.depth < 0:
+            raise ValueError("blend creator_cap and depth must be >= 0 and creator_window >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     max_page_size: int = 100
     # Value model: final score = sum of weight * task prediction.
     value_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"engage": 1.0, "like": 0.5})
+    # Per surface (GetFeed's `surface`): weights that replace `value_weights` there.
+    surface_value_weights: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    blend: BlendConfig = BlendConfig()
     max_workers: int = 8
+
+    def weights_for(self, surface: str) -> dict[str, float]:
+        """The value model's task weights on `surface`."""
+        return self.surface_value_weights.get(surface, self.value_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,10 +203,13 @@ def validate(config: EngineConfig, source: str = "<config>") -> None:
     if duplicates:
         raise DataError(source, "duplicate task name(s)", column="ranker.tasks", value=duplicates,
                         expected="one task per name (predictions are keyed by name)")
-    unknown = sorted(set(config.serving.value_weights) - set(names))
-    if unknown:
-        raise DataError(source, "value-model weights name undeclared task(s)", column="serving.value_weights",
-                        value=unknown, expected=f"names among the ranker's tasks {names}")
+    weights = {"serving.value_weights": config.serving.value_weights,
+               **{f"serving.surface_value_weights.{s}": w for s, w in config.serving.surface_value_weights.items()}}
+    for key, surface_weights in weights.items():
+        unknown = sorted(set(surface_weights) - set(names))
+        if unknown:
+            raise DataError(source, "value-model weights name undeclared task(s)", column=key,
+                            value=unknown, expected=f"names among the ranker's tasks {names}")
 
 
 def from_dict(cls: type, raw: dict[str, Any], *, source: str = "<config>", prefix: str = "") -> Any:
@@ -195,7 +231,12 @@ def from_dict(cls: type, raw: dict[str, Any], *, source: str = "<config>", prefi
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _convert(hints[name], value, source, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except DataError:
+        raise
+    except ValueError as e:  # a dataclass's own check (__post_init__) on the values together
+        raise DataError(source, str(e), column=prefix.rstrip(".") or None) from e
 
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:

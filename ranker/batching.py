@@ -36,6 +36,7 @@ def ranker_inputs(
     history: np.ndarray,
     item_features: ItemFeatures,
     labels: np.ndarray | None = None,
+    source: np.ndarray | None = None,
 ) -> RankerBatch:
     """Model inputs for B (user, candidate item) rows.
 
@@ -45,14 +46,18 @@ def ranker_inputs(
         history: (B, L) right-aligned history item indices, 0 = padding.
         item_features: per-item content features and popularity.
         labels: optional (B, T) float labels.
+        source: optional (B,) candidate-source ids (`ranker.model.CANDIDATE_SOURCES`); unknown (0)
+            when not given.
     """
     b = len(item)
     hist_mask = history > 0
     hist_lengths = hist_mask.sum(1)
     cat_lengths, cat_values = item_features.categories_of(item)
     ones = np.ones(b, np.int64)
-    lengths = np.concatenate([ones, ones, hist_lengths, ones, cat_lengths])
-    values = np.concatenate([user, item, history[hist_mask], item_features.content_type[item], cat_values])
+    if source is None:
+        source = np.zeros(b, np.int64)
+    lengths = np.concatenate([ones, ones, hist_lengths, ones, cat_lengths, ones])
+    values = np.concatenate([user, item, history[hist_mask], item_features.content_type[item], cat_values, source])
     sparse = KeyedJaggedTensor.from_lengths_sync(
         keys=list(SPARSE_FEATURES),
         values=torch.from_numpy(values.astype(np.int64)),

@@ -1,23 +1,35 @@
-"""The unified multi-task ranker: SparseArch → DenseArch → InteractionArch (DCN-v2) → task heads.
+"""The unified multi-task ranker: SparseArch → DenseArch → InteractionArch (DCN-v2) → experts → task towers.
 
-Dimension letters: B batch, F sparse features, D embedding dim, Dd dense features, T tasks.
+Multi-task part (`RankerArgs.experts`): ``mmoe`` (Ma et al., KDD 2018: shared experts, one softmax
+gate per task), ``ple`` (one Customized Gate Control layer of Tang et al., RecSys 2020: shared
+experts plus experts owned by each task, each task's gate mixing the shared ones and its own) or
+``shared`` (one shared bottom, no experts). Each task has its own tower and head.
+
+Dimension letters: B batch, F sparse features, D embedding dim, Dd dense features, T tasks, E experts,
+H expert width.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec.inference.modules import quantize_embeddings
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 
 from feedcore.config import TaskConfig
 
 # Sparse features in KJT key order; two share the item table (the candidate and the history bag).
-SPARSE_FEATURES = ("user_id", "item_id", "history", "content_type", "category")
+SPARSE_FEATURES = ("user_id", "item_id", "history", "content_type", "category", "source")
+# The candidate source that proposed the item (`retrieval.candidates`), id = position here. Training
+# examples built from datasets have no source ("unknown"); examples rebuilt from served logs carry
+# the logged one, so the ranker can learn how much each source's candidates are worth.
+CANDIDATE_SOURCES = ("unknown", "ann", "social", "follow", "popular", "generated")
 DENSE_FEATURES = ("item_popularity", "user_activity")
 
 
@@ -34,6 +46,10 @@ class RankerArgs:
     cross_layers: int
     over_hidden: tuple[int, ...]
     tasks: tuple[TaskConfig, ...]
+    experts: str = "mmoe"  # mmoe | ple | shared
+    num_shared_experts: int = 4
+    num_task_experts: int = 1  # per task, ple only
+    expert_hidden: int = 64
 
     def tables(self) -> list[EmbeddingBagConfig]:
         d = self.embedding_dim
@@ -46,6 +62,8 @@ class RankerArgs:
                                feature_names=["content_type"]),
             EmbeddingBagConfig(name="t_category", embedding_dim=d, num_embeddings=self.num_categories,
                                feature_names=["category"], pooling=PoolingType.MEAN),
+            EmbeddingBagConfig(name="t_source", embedding_dim=d, num_embeddings=len(CANDIDATE_SOURCES),
+                               feature_names=["source"]),
         ]
 
 
@@ -65,6 +83,39 @@ class SparseArch(nn.Module):
         return torch.cat([pooled[name] for name in SPARSE_FEATURES], dim=1)  # (B, F*D)
 
 
+class CustomizedGateControl(nn.Module):
+    """Experts and per-task softmax gates (PLE's CGC layer; MMoE when tasks own no experts).
+
+    Args:
+        width: input width W.
+        hidden: width H of each expert's output.
+        num_shared: experts every task's gate can use.
+        num_per_task: experts only one task's gate uses (0: MMoE).
+        num_tasks: T.
+
+    Returns:
+        (B, T, H): each task's gated mixture of its experts' outputs.
+    """
+
+    def __init__(self, width: int, hidden: int, num_shared: int, num_per_task: int, num_tasks: int,
+                 device: torch.device | None = None) -> None:
+        super().__init__()
+        self.num_shared, self.num_per_task, self.num_tasks = num_shared, num_per_task, num_tasks
+        num_experts = num_shared + num_per_task * num_tasks
+        self.experts = nn.ModuleList(MLP(width, [hidden], device=device) for _ in range(num_experts))
+        self.gates = nn.Linear(width, num_tasks * (num_shared + num_per_task), device=device)
+        # Task t's gate sees the shared experts, then its own: indices into the stacked experts.
+        index = [list(range(num_shared)) + [num_shared + t * num_per_task + j for j in range(num_per_task)]
+                 for t in range(num_tasks)]
+        self.register_buffer("expert_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B, E, H)
+        per_task = outputs[:, self.expert_index]  # (B, T, Eg, H)
+        gates = self.gates(x).view(x.shape[0], self.num_tasks, -1).softmax(dim=-1)  # (B, T, Eg)
+        return torch.einsum("bte,bteh->bth", gates, per_task)
+
+
 class MultiTaskRanker(nn.Module):
     """The inference model: predictions per task name, no loss and no labels.
 
@@ -76,8 +127,8 @@ class MultiTaskRanker(nn.Module):
     Example:
         >>> from feedcore.config import TaskConfig
         >>> args = RankerArgs(5, 9, 2, 3, 4, (8,), 1, (8,), (TaskConfig("click"), TaskConfig("rating", "regression")))
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(list(SPARSE_FEATURES), torch.tensor([1, 2, 3, 4, 1, 2]),
-        ...                                           torch.tensor([1, 1, 2, 1, 1]))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(list(SPARSE_FEATURES), torch.tensor([1, 2, 3, 4, 1, 2, 0]),
+        ...                                           torch.tensor([1, 1, 2, 1, 1, 1]))
         >>> out = MultiTaskRanker(args)(torch.zeros(1, len(DENSE_FEATURES)), kjt)
         >>> sorted(out), out["click"].shape
         (['click', 'rating'], torch.Size([1]))
@@ -95,8 +146,19 @@ class MultiTaskRanker(nn.Module):
         self.dense_arch = MLP(len(DENSE_FEATURES), [*args.dense_hidden, d], device=device)
         width = (len(SPARSE_FEATURES) + 1) * d
         self.interaction_arch = LowRankCrossNet(width, args.cross_layers, low_rank=max(1, d // 2))
-        self.over_arch = MLP(width, list(args.over_hidden), device=device)
-        self.task_heads = nn.Linear(args.over_hidden[-1], len(args.tasks), device=device)
+        num_tasks = len(args.tasks)
+        if args.experts == "shared":
+            self.experts: nn.Module | None = None
+            tower_in = width
+        elif args.experts in ("mmoe", "ple"):
+            per_task = args.num_task_experts if args.experts == "ple" else 0
+            self.experts = CustomizedGateControl(width, args.expert_hidden, args.num_shared_experts, per_task,
+                                                 num_tasks, device)
+            tower_in = args.expert_hidden
+        else:
+            raise ValueError(f"ranker experts={args.experts!r}: expected one of 'mmoe', 'ple', 'shared'")
+        self.task_towers = nn.ModuleList(MLP(tower_in, list(args.over_hidden), device=device) for _ in args.tasks)
+        self.task_heads = nn.ModuleList(nn.Linear(args.over_hidden[-1], 1, device=device) for _ in args.tasks)
         self.register_buffer(
             "is_binary", torch.tensor([t.kind == "binary" for t in args.tasks], device=device), persistent=False
         )
@@ -112,8 +174,14 @@ class MultiTaskRanker(nn.Module):
 
     def logits(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """(B, T) raw outputs: logits for binary tasks, values for regression tasks."""
-        x = torch.cat([self.dense_arch(dense), self.sparse_arch(sparse)], dim=1)  # (B, (F+1)*D)
-        return self.task_heads(self.over_arch(self.interaction_arch(x)))  # (B, T)
+        x = self.interaction_arch(torch.cat([self.dense_arch(dense), self.sparse_arch(sparse)], dim=1))  # (B, W)
+        if self.experts is None:
+            inputs = [x] * len(self.task_heads)
+        else:
+            mixed = self.experts(x)  # (B, T, H)
+            inputs = [mixed[:, t] for t in range(mixed.shape[1])]
+        return torch.cat([head(tower(h)) for h, tower, head in zip(inputs, self.task_towers, self.task_heads,
+                                                                    strict=True)], dim=1)  # (B, T)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         out = self.logits(dense, sparse)
@@ -146,3 +214,9 @@ class MultiTaskRankerTrain(nn.Module):
         per_example = torch.where(self.model.is_binary, bce, mse) * present
         per_task = per_example.sum(0) / present.sum(0).clamp(min=1)  # (T,)
         return (per_task * self.weights).sum(), per_task.detach(), logits.detach()
+
+
+def quantize_for_serving(model: MultiTaskRanker) -> MultiTaskRanker:
+    """A copy of `model` whose embedding tables are int8, row-wise quantized (TorchRec's quantized
+    EmbeddingBagCollection on fbgemm's n-bit kernels): about 4× smaller tables; the dense part stays fp32."""
+    return quantize_embeddings(copy.deepcopy(model).eval(), dtype=torch.qint8, inplace=True)

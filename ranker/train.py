@@ -46,6 +46,10 @@ def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
         cross_layers=config.cross_layers,
         over_hidden=config.over_hidden,
         tasks=config.tasks,
+        experts=config.experts,
+        num_shared_experts=config.num_shared_experts,
+        num_task_experts=config.num_task_experts,
+        expert_hidden=config.expert_hidden,
     )
 
 

@@ -1,4 +1,4 @@
-"""The value model and the blender: task predictions → one score → the order of the feed.
+"""The value model: task predictions → one score per candidate (the blender, `ranker.blender`, orders them).
 
 score = Σ_t weight_t · prediction_t, with weights per surface / experiment arm coming from config
 (negative weights for negative feedback such as hide or report).
@@ -24,8 +24,3 @@ def value_scores(predictions: dict[str, np.ndarray], weights: dict[str, float]) 
     for task, weight in weights.items():
         score += weight * np.asarray(predictions[task], np.float64)
     return score
-
-
-def blend_by_value_model(values: np.ndarray) -> np.ndarray:
-    """The feed order: candidate positions sorted by value, best first (stable on ties)."""
-    return np.argsort(-values, kind="stable")

@@ -16,7 +16,7 @@ import polars as pl
 import torch
 
 from feedcore.artifacts import load_checkpoint
-from feedcore.config import EngineConfig, resolve_device
+from feedcore.config import EngineConfig, ServingConfig, resolve_device
 from feedcore.errors import ArtifactError
 from feedcore.features import (
     FeatureSpec,
@@ -28,13 +28,16 @@ from feedcore.features import (
 )
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from ranker.batching import ranker_inputs
-from ranker.model import MultiTaskRanker
-from ranker.value_model import blend_by_value_model, value_scores
+from ranker.blender import blend
+from ranker.model import CANDIDATE_SOURCES, MultiTaskRanker
+from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
+from retrieval.embed import embed_items
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 
 logger = logging.getLogger(__name__)
+SOURCE_IDS = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
 
 
 class CursorError(ValueError):
@@ -101,18 +104,22 @@ class FeedPipeline:
         events: pl.DataFrame,
         candidates: CandidateGenerator,
         ranker: MultiTaskRanker,
-        value_weights: dict[str, float],
+        serving: ServingConfig,
         model_version: str,
+        item_embeddings: np.ndarray | None = None,
     ) -> None:
         self.spec = spec
         self.item_features = item_features
         self.catalog = {r[0]: (r[1], r[2] or "") for r in items.select("item_id", "content_type", "title").iter_rows()}
+        self.creators = ({} if "creator_id" not in items.columns else
+                         dict(items.select("item_id", "creator_id").drop_nulls().iter_rows()))
         self.seen = {u: frozenset(ids) for u, ids in events.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
         self.histories = latest_histories(events, spec)  # the training-time transform (no skew)
         self.candidates = candidates
         self.ranker = ranker.eval()
-        self.value_weights = value_weights
+        self.serving = serving
         self.model_version = model_version
+        self.item_embeddings = item_embeddings  # (N, D) in vocabulary order, for the blender's diversity
 
     @classmethod
     def from_artifacts(cls, config: EngineConfig) -> FeedPipeline:
@@ -132,19 +139,29 @@ class FeedPipeline:
                 or retrieval_ckpt.feature_spec.max_history != ranker_ckpt.feature_spec.max_history):
             raise ArtifactError(f"{config.retrieval_path} and {config.ranker_path} use different histories "
                                 "(history_events / max_history); retrain both with one config")
-        missing = sorted(set(config.serving.value_weights) - {t["name"] for t in ranker_ckpt.config["tasks"]})
-        if missing:
-            raise ArtifactError(f"serving.value_weights name task(s) {missing} that {config.ranker_path} does not "
-                                f"predict ({[t['name'] for t in ranker_ckpt.config['tasks']]})")
+        predicted = {t["name"] for t in ranker_ckpt.config["tasks"]}
+        for surface, weights in {"": config.serving.value_weights, **config.serving.surface_value_weights}.items():
+            missing = sorted(set(weights) - predicted)
+            if missing:
+                key = f"surface_value_weights.{surface}" if surface else "value_weights"
+                raise ArtifactError(f"serving.{key} name task(s) {missing} that {config.ranker_path} does not "
+                                    f"predict ({sorted(predicted)})")
         if index.model_version != retrieval_ckpt.version:
             raise ArtifactError(f"{config.index_dir} was built from retrieval model {index.model_version}, "
                                 f"not {retrieval_ckpt.version}; run `feed index build`")
         spec = ranker_ckpt.feature_spec
         item_feats = item_features_from_dict(ranker_ckpt.extras["item_features"])
         history = tuple(ranker_ckpt.extras["history_events"])
+        retrieval = TwoTower.from_checkpoint(retrieval_ckpt)
         candidates = make_candidate_generator(
-            config.candidates, model=TwoTower.from_checkpoint(retrieval_ckpt), index=index,
+            config.candidates, model=retrieval, index=index,
             spec=retrieval_ckpt.feature_spec, data=data, history_events=history)
+        embeddings = None
+        if config.serving.blend.diversity > 0:
+            # Row i = the ranker vocabulary's item i (row 0, unknown, stays zero).
+            rows = retrieval_ckpt.feature_spec.items.encode(pl.Series(spec.items.values, dtype=pl.String))
+            embeddings = np.zeros((len(spec.items), retrieval.args.embedding_dim), np.float32)
+            embeddings[1:] = embed_items(retrieval, rows)
         return cls(
             spec=spec,
             item_features=item_feats,
@@ -152,8 +169,9 @@ class FeedPipeline:
             events=history_events(data.events, history),
             candidates=candidates,
             ranker=MultiTaskRanker.from_checkpoint(ranker_ckpt),
-            value_weights=config.serving.value_weights,
+            serving=config.serving,
             model_version=f"{retrieval_ckpt.version}+{ranker_ckpt.version}",
+            item_embeddings=embeddings,
         )
 
     @torch.no_grad()
@@ -175,7 +193,8 @@ class FeedPipeline:
         item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
         user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
         hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
-        batch = ranker_inputs(user, item, hist, self.item_features)
+        source = np.array([SOURCE_IDS.get(candidates[i], 0) for i in item_ids], np.int64)
+        batch = ranker_inputs(user, item, hist, self.item_features, source=source)
         timings["hydration"] = _lap(t1)
 
         # 3. ranker, 4. value model and blend
@@ -184,8 +203,12 @@ class FeedPipeline:
             t: np.zeros(0) for t in self.ranker.task_names}
         timings["ranker"] = _lap(t2)
         t3 = time.perf_counter()
-        values = value_scores(preds, self.value_weights)
-        order = blend_by_value_model(values)
+        values = value_scores(preds, self.serving.weights_for(request.surface))
+        order = blend(
+            values, [self.catalog[i][0] for i in item_ids], self.serving.blend, item_ids=item_ids, exclude=seen,
+            creators=[self.creators.get(i) for i in item_ids],
+            embeddings=None if self.item_embeddings is None else self.item_embeddings[item],
+        )
         timings["blend"] = _lap(t3)
 
         # 5. the page

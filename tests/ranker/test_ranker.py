@@ -9,7 +9,7 @@ from feedcore.features import ItemFeatures
 from ranker.batching import ranker_inputs
 from ranker.data import pair_labels
 from ranker.model import DENSE_FEATURES, SPARSE_FEATURES, MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
-from ranker.value_model import blend_by_value_model, value_scores
+from ranker.value_model import value_scores
 
 TASKS = (TaskConfig("click", "binary"), TaskConfig("rating", "regression", 0.5, "rating"))
 
@@ -81,7 +81,6 @@ def test_value_model_weights_tasks_and_refuses_unknown_ones():
     preds = {"click": np.array([0.2, 0.9]), "hide": np.array([0.5, 0.1])}
     scores = value_scores(preds, {"click": 1.0, "hide": -2.0})
     assert scores.tolist() == pytest.approx([-0.8, 0.7])
-    assert blend_by_value_model(scores).tolist() == [1, 0]
     with pytest.raises(KeyError, match="follow"):
         value_scores(preds, {"follow": 1.0})
 
@@ -124,7 +123,7 @@ def test_dmp_plans_fused_kernels_and_the_fused_optimizer_updates_tables():
         after = unsharded_state_dict(dmp)
     assert {v.split("@")[0] for v in plan.values()} <= {"table_wise/fused", "column_wise/fused",
                                                          "table_column_wise/fused"}
-    assert len(plan) == 4
+    assert len(plan) == len(_args().tables())
     key = "model.sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight"
     changed = (before[key] != after[key]).any(dim=1)
     # Rows in the batch (candidates 3-6 and history 1,2,3,7,8) were updated; row 9 was never looked up.
@@ -164,3 +163,63 @@ batch_size = 2048
     ranks = {v.split("@")[1] for v in ckpt.extras["metrics"]["sharding"].values()}
     assert ranks == {"0", "1"}
     assert ckpt.extras["metrics"]["engage/auc"] > 0.75
+
+
+@pytest.mark.parametrize("experts", ["mmoe", "ple", "shared"])
+def test_every_multi_task_layout_predicts_each_task(experts):
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = MultiTaskRanker(dataclasses.replace(_args(), experts=experts, num_shared_experts=3, expert_hidden=8))
+    batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features())
+    out = model(batch.dense, batch.sparse)
+    assert sorted(out) == ["click", "rating"] and out["click"].shape == (2,)
+    if experts != "shared":
+        x = torch.randn(5, model.experts.gates.in_features)
+        gates = model.experts.gates(x).view(5, 2, -1).softmax(-1)
+        assert torch.allclose(gates.sum(-1), torch.ones(5, 2))
+
+
+def test_ple_task_experts_learn_only_from_their_own_task():
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = MultiTaskRanker(dataclasses.replace(_args(), experts="ple", num_shared_experts=2, num_task_experts=1,
+                                                expert_hidden=8))
+    batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features())
+    model.logits(batch.dense, batch.sparse)[:, 0].sum().backward()  # the click task only
+    grad = [e._mlp[0]._linear.weight.grad for e in model.experts.experts]  # 2 shared, then click's, rating's
+    assert all(g is not None and g.abs().sum() > 0 for g in grad[:3])
+    assert grad[3] is None or grad[3].abs().sum() == 0
+
+
+def test_candidate_source_is_a_sparse_feature():
+    from ranker.model import CANDIDATE_SOURCES
+
+    batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features(),
+                          source=np.array([CANDIDATE_SOURCES.index("ann"), CANDIDATE_SOURCES.index("popular")]))
+    assert batch.sparse.to_dict()["source"].values().tolist() == [1, 4]
+    default = ranker_inputs(np.array([1]), np.array([3]), np.array([[0, 1]]), _item_features())
+    assert default.sparse.to_dict()["source"].values().tolist() == [0]  # unknown
+
+
+def test_int8_serving_model_matches_fp32():
+    from ranker.model import quantize_for_serving
+
+    torch.manual_seed(0)
+    model = MultiTaskRanker(_args()).eval()
+    for table in model.sparse_arch.embedding_bag_collection.embedding_bags.values():
+        torch.nn.init.normal_(table.weight, std=0.3)
+    rng = np.random.default_rng(0)
+    n = 64
+    batch = ranker_inputs(rng.integers(1, 6, n), rng.integers(1, 10, n), rng.integers(0, 10, (n, 5)),
+                          _item_features())
+    int8 = quantize_for_serving(model)
+    table = int8.sparse_arch.embedding_bag_collection.embedding_bags["t_item"].weight
+    assert table.dtype == torch.uint8  # really quantized: int8 rows plus per-row scale and bias
+    with torch.no_grad():
+        ref, out = model(batch.dense, batch.sparse), int8(batch.dense, batch.sparse)
+    for task in ref:
+        assert (ref[task] - out[task]).abs().max() < 5e-3
+        assert not torch.equal(ref[task], out[task])
+    assert (torch.argsort(ref["click"])[-10:].sort().values == torch.argsort(out["click"])[-10:].sort().values).all()
