@@ -56,7 +56,7 @@ class PlainSparseArch(nn.Module):
         super().__init__()
         tables = args.tables()
         self.bags = nn.ModuleDict({
-            t.name: nn.EmbeddingBag(t.num_embeddings, t.embedding_dim, sparse=sparse, device=device,
+            t.name: nn.EmbeddingBag(t.num_embeddings, t.embedding_dim, sparse=sparse, device=device, include_last_offset=True,
                                     mode="mean" if t.pooling == PoolingType.MEAN else "sum")
             for t in tables
         })
@@ -130,7 +130,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args_.threads)
 
-    ds = load_dataset("tmall-multibehavior")
+    ds = load_dataset("tmall")
     spec = build_feature_spec(ds.items, ds.users, max_history=50)
     train_events = ds.events.filter(ds.events["split"] == "train")
     feats = item_features(ds.items, train_events, spec)

@@ -40,7 +40,7 @@ class TaskConfig:
 class DataConfig:
     dataset: str = "ml-latest-small"
     raw_root: str | None = None  # None: the dataset's default folder
-    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    split: Literal["leave_one_out", "temporal", "target_line"] = "leave_one_out"
     max_history: int = 50
     # The events that make up a user's history (and the retrieval targets); empty: all of them.
     history_events: tuple[str, ...] = ()
@@ -145,6 +145,7 @@ class ServingConfig:
     # Per surface (GetFeed's `surface`): weights that replace `value_weights` there.
     surface_value_weights: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     blend: BlendConfig = BlendConfig()
+    int8_embeddings: bool = False  # serve the ranker with int8 row-wise quantized embedding tables
     max_workers: int = 8
 
     def weights_for(self, surface: str) -> dict[str, float]:

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def prepare_data(config: EngineConfig) -> tuple[CanonicalDataset, Split]:
     """Load the configured dataset, write its tables and split under the artifacts directory."""
     dataset = load_dataset(config.data.dataset, config.data.raw_root)
-    split = make_split(dataset.events, config.data.split, config.data.history_events)
+    split = make_split(dataset.events, config.data.split, config.data.history_events, dataset.users)
     dataset.write(config.prepared_dir)
     split.write(config.splits_dir, dataset_fingerprint(config.prepared_dir))
     logger.info("prepared %s: %s; split train/valid/test = %d/%d/%d", dataset.name, dataset.counts(),

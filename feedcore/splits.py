@@ -5,6 +5,8 @@
   in training. This is the protocol of SASRec / gSASRec / HSTU-style full-ranking benchmarks.
 - ``temporal``: one global cut-off in time: the latest ``test_fraction`` of target events (by
   ``ts``) are test, the ``valid_fraction`` before them validation. Needs timestamps.
+- ``target_line``: a release's own held-out targets and user split (C2DSR format, e.g.
+  amazon-arts-office): per validation / test user, each target predicted from the shared history.
 
 Both guarantee that no training event comes after a held-out event of the same user in the order
 they are defined on, so nothing from the future leaks into training.
@@ -100,10 +102,31 @@ def temporal(
     )
 
 
-def make_split(events: pl.DataFrame, kind: str, target_events: tuple[str, ...] = ()) -> Split:
+def target_line(events: pl.DataFrame, users: pl.DataFrame) -> Split:
+    """The split of releases in the C2DSR format (amazon-arts-office): users are split by the
+    release (`users.split`); train users train on everything; validation and test users train on
+    their shared history and are scored on each of their `target_line` targets, each predicted
+    from the shared history alone (several held-out rows per user)."""
+    for frame, column, name in ((events, "target_line", "events"), (users, "split", "users")):
+        if column not in frame.columns:
+            raise DataError(f"<{name}>", "target_line split needs the release's own targets and user split",
+                            column=column, expected="a dataset that has it (amazon-arts-office)")
+    events = events.join(users.select("user_id", pl.col("split").alias("_role")), on="user_id", how="left")
+    heldout = pl.col("target_line").is_not_null() & pl.col("_role").is_in(["valid", "test"])
+    return Split(
+        train=events.filter(~heldout).drop("_role"),
+        valid=events.filter(heldout & (pl.col("_role") == "valid")).drop("_role"),
+        test=events.filter(heldout & (pl.col("_role") == "test")).drop("_role"),
+    )
+
+
+def make_split(events: pl.DataFrame, kind: str, target_events: tuple[str, ...] = (),
+               users: pl.DataFrame | None = None) -> Split:
     if kind == "leave_one_out":
         return leave_one_out(events, target_events)
     if kind == "temporal":
         return temporal(events, target_events)
+    if kind == "target_line":
+        return target_line(events, users if users is not None else pl.DataFrame())
     raise DataError("<data config>", "unknown split", column="split", value=kind,
-                    expected="leave_one_out or temporal")
+                    expected="leave_one_out, temporal or target_line")

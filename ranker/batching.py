@@ -37,6 +37,7 @@ def ranker_inputs(
     item_features: ItemFeatures,
     labels: np.ndarray | None = None,
     source: np.ndarray | None = None,
+    extra_dense: np.ndarray | None = None,
 ) -> RankerBatch:
     """Model inputs for B (user, candidate item) rows.
 
@@ -48,6 +49,8 @@ def ranker_inputs(
         labels: optional (B, T) float labels.
         source: optional (B,) candidate-source ids (`ranker.model.CANDIDATE_SOURCES`); unknown (0)
             when not given.
+        extra_dense: optional (B, X) dense inputs appended after `DENSE_FEATURES` (the model must
+            be built with ``num_dense = len(DENSE_FEATURES) + X``).
     """
     b = len(item)
     hist_mask = history > 0
@@ -64,6 +67,8 @@ def ranker_inputs(
         lengths=torch.from_numpy(lengths.astype(np.int32)),
     )
     dense = np.stack([item_features.popularity[item], np.log1p(hist_lengths).astype(np.float32)], axis=1)
+    if extra_dense is not None:
+        dense = np.concatenate([dense, extra_dense], axis=1)
     return RankerBatch(
         dense=torch.from_numpy(dense.astype(np.float32)),
         sparse=sparse,

@@ -50,6 +50,7 @@ class RankerArgs:
     num_shared_experts: int = 4
     num_task_experts: int = 1  # per task, ple only
     expert_hidden: int = 64
+    num_dense: int = len(DENSE_FEATURES)  # DENSE_FEATURES plus any extra dense inputs a job adds
 
     def tables(self) -> list[EmbeddingBagConfig]:
         d = self.embedding_dim
@@ -143,7 +144,7 @@ class MultiTaskRanker(nn.Module):
         self.task_names = [t.name for t in args.tasks]
         d = args.embedding_dim
         self.sparse_arch = SparseArch(args, device)
-        self.dense_arch = MLP(len(DENSE_FEATURES), [*args.dense_hidden, d], device=device)
+        self.dense_arch = MLP(args.num_dense, [*args.dense_hidden, d], device=device)
         width = (len(SPARSE_FEATURES) + 1) * d
         self.interaction_arch = LowRankCrossNet(width, args.cross_layers, low_rank=max(1, d // 2))
         num_tasks = len(args.tasks)

@@ -29,7 +29,7 @@ from feedcore.features import (
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from ranker.batching import ranker_inputs
 from ranker.blender import blend
-from ranker.model import CANDIDATE_SOURCES, MultiTaskRanker
+from ranker.model import CANDIDATE_SOURCES, MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
 from retrieval.embed import embed_items
@@ -156,6 +156,9 @@ class FeedPipeline:
         candidates = make_candidate_generator(
             config.candidates, model=retrieval, index=index,
             spec=retrieval_ckpt.feature_spec, data=data, history_events=history)
+        ranker = MultiTaskRanker.from_checkpoint(ranker_ckpt)
+        if config.serving.int8_embeddings:
+            ranker = quantize_for_serving(ranker)
         embeddings = None
         if config.serving.blend.diversity > 0:
             # Row i = the ranker vocabulary's item i (row 0, unknown, stays zero).
@@ -168,7 +171,7 @@ class FeedPipeline:
             items=data.items,
             events=history_events(data.events, history),
             candidates=candidates,
-            ranker=MultiTaskRanker.from_checkpoint(ranker_ckpt),
+            ranker=ranker,
             serving=config.serving,
             model_version=f"{retrieval_ckpt.version}+{ranker_ckpt.version}",
             item_embeddings=embeddings,

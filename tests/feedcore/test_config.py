@@ -1,5 +1,7 @@
 """Configs are read once, strictly: unknown keys and wrong types are named."""
 
+from pathlib import Path
+
 import pytest
 
 from feedcore.config import TaskConfig, load_config
@@ -51,3 +53,9 @@ def test_tasks_and_value_weights_must_agree(tmp_path):
     path.write_text("[ranker]\ntasks = [{ name = 'click' }]\n[serving]\nvalue_weights = { click = 1.0, follow = 2.0 }\n")
     with pytest.raises(DataError, match=r"serving.value_weights': value-model weights name undeclared task\(s\) \(got \['follow'\]\)"):
         load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[2] / "configs").glob("*.toml")))
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert config.ranker.tasks and config.serving.value_weights

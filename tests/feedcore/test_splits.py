@@ -58,3 +58,23 @@ def test_temporal_split_needs_timestamps():
                            "ts": pl.Series([None], dtype=pl.Int64)})
     with pytest.raises(DataError, match="column 'ts'.*temporal split needs timestamps|temporal split needs"):
         temporal(events)
+
+
+def test_target_line_split_holds_out_each_target_of_validation_and_test_users():
+    from feedcore.splits import make_split
+
+    # u0 trains; u1 (valid) and u2 (test) share a history and have two targets each.
+    rows = []
+    for user in ("u0", "u1", "u2"):
+        rows += [(user, f"{user}h{k}", k, None) for k in range(3)]
+        rows += [(user, f"{user}t1", 3, 1), (user, f"{user}t2", 4, 2)]
+    events = pl.DataFrame(rows, schema=["user_id", "item_id", "seq", "target_line"], orient="row")
+    users = pl.DataFrame({"user_id": ["u0", "u1", "u2"], "split": ["train", "valid", "test"]})
+    split = make_split(events, "target_line", users=users)
+    assert split.test["item_id"].to_list() == ["u2t1", "u2t2"]
+    assert split.valid["item_id"].to_list() == ["u1t1", "u1t2"]
+    train = split.train.group_by("user_id").agg("item_id")
+    assert dict(train.iter_rows())["u0"] == ["u0h0", "u0h1", "u0h2", "u0t1", "u0t2"]
+    assert dict(train.iter_rows())["u2"] == ["u2h0", "u2h1", "u2h2"]  # history only: no target trains
+    with pytest.raises(DataError, match="target_line"):
+        make_split(events.drop("target_line"), "target_line", users=users)
