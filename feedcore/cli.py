@@ -82,6 +82,7 @@ def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
+    from serving.event_log import EventLog
     from serving.pipeline import FeedPipeline
     from serving.server import serve
 
@@ -89,7 +90,9 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
     if args.port is not None:
         serving = dataclasses.replace(serving, port=args.port)
     pipeline = FeedPipeline.from_artifacts(config)
-    serve(serving, pipeline, on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True))
+    event_log = EventLog(config.event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
+    serve(serving, pipeline, event_log,
+          on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True))
 
 
 def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:

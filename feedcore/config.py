@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from feedcore.errors import DataError
 
-TaskKind = Literal["binary", "regression"]
+TaskKind = Literal["binary", "regression", "count"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,9 @@ class TaskConfig:
 
     Args:
         name: the key of its prediction, from the model to the wire (``task_scores``).
-        kind: ``binary`` (log loss, a probability) or ``regression`` (MSE on the event's value).
+        kind: ``binary`` (log loss, a probability), ``regression`` (MSE on the event's value; missing
+            for non-engaged exposures) or ``count`` (Poisson log-likelihood on the summed value, e.g.
+            plays or watch seconds, 0 for non-engaged exposures; predicts the expected count).
         weight: its weight in the training loss.
         event: the event type whose presence (binary) or value (regression) is the label.
         threshold: for binary tasks on valued events: positive when value >= threshold.
@@ -91,6 +93,7 @@ class RankerConfig:
         TaskConfig("like", "binary", 1.0, "rating", 4.0),
     )
     negatives_per_positive: int = 2
+    popular_negative_share: float = 0.5  # of the negatives, drawn by training popularity; the rest uniform
     epochs: int = 2
     batch_size: int = 1024
     dense_learning_rate: float = 1e-3
@@ -147,6 +150,12 @@ class ServingConfig:
     blend: BlendConfig = BlendConfig()
     int8_embeddings: bool = False  # serve the ranker with int8 row-wise quantized embedding tables
     max_workers: int = 8
+    # LogEvents (writes) needs one of these in the `x-api-key` call metadata; none configured:
+    # every write is refused. GetFeed (reads) is open.
+    api_keys: tuple[str, ...] = ()
+    event_log_dir: str = ""  # empty: <artifacts_dir>/event_log
+    max_events_per_stream: int = 10_000
+    event_log_segment_mb: float = 64.0  # rotate the write-ahead segment into Parquet at this size
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""
@@ -161,6 +170,10 @@ class EngineConfig:
     ranker: RankerConfig = RankerConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     serving: ServingConfig = ServingConfig()
+
+    @property
+    def event_log_dir(self) -> Path:
+        return Path(self.serving.event_log_dir) if self.serving.event_log_dir else Path(self.artifacts_dir) / "event_log"
 
     @property
     def prepared_dir(self) -> Path:

@@ -135,7 +135,8 @@ class MultiTaskRanker(nn.Module):
         (['click', 'rating'], torch.Size([1]))
 
     Returns:
-        dict task name → (B,) predictions: probabilities for binary tasks, values for regression.
+        dict task name → (B,) predictions: probabilities for binary tasks, values for regression,
+        expected counts for count tasks.
     """
 
     def __init__(self, args: RankerArgs, device: torch.device | None = None) -> None:
@@ -163,6 +164,9 @@ class MultiTaskRanker(nn.Module):
         self.register_buffer(
             "is_binary", torch.tensor([t.kind == "binary" for t in args.tasks], device=device), persistent=False
         )
+        self.register_buffer(
+            "is_count", torch.tensor([t.kind == "count" for t in args.tasks], device=device), persistent=False
+        )
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> MultiTaskRanker:
@@ -174,7 +178,7 @@ class MultiTaskRanker(nn.Module):
         return model.eval()
 
     def logits(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        """(B, T) raw outputs: logits for binary tasks, values for regression tasks."""
+        """(B, T) raw outputs: logits for binary tasks, values for regression, log-rates for counts."""
         x = self.interaction_arch(torch.cat([self.dense_arch(dense), self.sparse_arch(sparse)], dim=1))  # (B, W)
         if self.experts is None:
             inputs = [x] * len(self.task_heads)
@@ -186,14 +190,15 @@ class MultiTaskRanker(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         out = self.logits(dense, sparse)
-        out = torch.where(self.is_binary, torch.sigmoid(out), out)
+        out = torch.where(self.is_binary, torch.sigmoid(out), torch.where(self.is_count, torch.exp(out), out))
         return {name: out[:, t] for t, name in enumerate(self.task_names)}
 
 
 class MultiTaskRankerTrain(nn.Module):
     """Training wrapper: the weighted sum of per-task losses; NaN labels are missing and ignored.
 
-    Binary tasks use log loss, regression tasks mean squared error.
+    Binary tasks use log loss, regression tasks mean squared error, count tasks the Poisson negative
+    log-likelihood of the log-rate (the model's raw output).
 
     Returns:
         (loss, per-task losses (T,), logits (B, T)).
@@ -212,7 +217,8 @@ class MultiTaskRankerTrain(nn.Module):
         target = torch.nan_to_num(labels)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         mse = (logits - target) ** 2
-        per_example = torch.where(self.model.is_binary, bce, mse) * present
+        poisson = F.poisson_nll_loss(logits, target, log_input=True, full=False, reduction="none")
+        per_example = torch.where(self.model.is_binary, bce, torch.where(self.model.is_count, poisson, mse)) * present
         per_task = per_example.sum(0) / present.sum(0).clamp(min=1)  # (T,)
         return (per_task * self.weights).sum(), per_task.detach(), logits.detach()
 

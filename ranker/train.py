@@ -71,7 +71,8 @@ def train_ranker(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     train = make_examples(history_events(split.train, history_event_types), split.train, spec, config.tasks,
-                          config.negatives_per_positive, rng)
+                          config.negatives_per_positive, rng, popularity=np.expm1(item_features.popularity),
+                          popular_share=config.popular_negative_share)
     args = model_args(config, spec)
 
     with process_group(device) as (rank, world_size):

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.event_log import EventLog
 from serving.pipeline import FeedPipeline
 from serving.servicer import FeedServicer
 
@@ -25,10 +26,13 @@ SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 GRACE_SECONDS = 5.0
 
 
-def create_server(config: ServingConfig, pipeline: FeedPipeline) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-ready (not yet started) server bound to config.host:config.port; returns the real port."""
+def create_server(
+    config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started-ready (not yet started) server bound to config.host:config.port; returns the real port.
+    Without `event_log`, LogEvents answers UNIMPLEMENTED."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(pipeline, config.max_page_size), server)
+    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(pipeline, config, event_log), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -42,9 +46,10 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline) -> tuple[grpc.S
     return server, port, health_servicer
 
 
-def serve(config: ServingConfig, pipeline: FeedPipeline, on_ready=None) -> None:
-    """Run the server until SIGTERM / SIGINT, then shut down gracefully."""
-    server, port, health_servicer = create_server(config, pipeline)
+def serve(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:
+    """Run the server until SIGTERM / SIGINT, then shut down gracefully: NOT_SERVING, in-flight
+    requests finish, the event log is flushed into Parquet."""
+    server, port, health_servicer = create_server(config, pipeline, event_log)
     server.start()
     stopping = threading.Event()
 
@@ -60,4 +65,6 @@ def serve(config: ServingConfig, pipeline: FeedPipeline, on_ready=None) -> None:
         on_ready(port)
     stopping.wait()
     server.stop(GRACE_SECONDS).wait()
+    if event_log is not None:
+        event_log.close()
     logger.info("stopped")

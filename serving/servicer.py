@@ -5,23 +5,33 @@ Validation errors map to gRPC status codes with messages a client developer can 
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
 import uuid
+from collections import Counter
 
 import grpc
 
+from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from retrieval.candidates import EXPLANATIONS
+from serving.event_log import EventLog, now_ms
 from serving.pipeline import CursorError, FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
 DEFAULT_ARM = "default"
+EVENT_TYPES = ("impression", "click", "like", "follow", "share", "dwell", "watch", "hide", "report")
+TIMED_EVENTS = ("dwell", "watch")  # carry seconds in `value`
+API_KEY_HEADER = "x-api-key"
 
 
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
-    def __init__(self, pipeline: FeedPipeline, max_page_size: int) -> None:
+    def __init__(self, pipeline: FeedPipeline, config: ServingConfig, event_log: EventLog | None = None) -> None:
         self.pipeline = pipeline
-        self.max_page_size = max_page_size
+        self.config = config
+        self.max_page_size = config.max_page_size
+        self.event_log = event_log
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         request_id = uuid.uuid4().hex
@@ -53,3 +63,61 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             experiment_arm=DEFAULT_ARM,
             model_version=page.model_version,
         )
+
+    def LogEvents(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
+        self._authenticate(context)
+        if self.event_log is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server runs without an event log")
+        records = []
+        for index, event in enumerate(request_iterator):
+            if index >= self.config.max_events_per_stream:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"more than {self.config.max_events_per_stream} events in one stream: nothing was "
+                              "logged; send them in smaller streams")
+            records.append(self._record(index, event, context))
+        last_seq = self.event_log.append(records)
+        counts = Counter(r["event"] for r in records)
+        return feed_pb2.LogEventsResponse(accepted=len(records), by_event=dict(counts), last_seq=last_seq)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        if not self.config.api_keys:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "writes are disabled: the server has no API keys configured (serving.api_keys)")
+        key = dict(context.invocation_metadata()).get(API_KEY_HEADER, "")
+        if not key:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"LogEvents needs an API key in the '{API_KEY_HEADER}' "
+                          "call metadata")
+        if not any(hmac.compare_digest(key, k) for k in self.config.api_keys):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"the API key in '{API_KEY_HEADER}' is not valid")
+
+    def _record(self, index: int, event: feed_pb2.Event, context: grpc.ServicerContext) -> dict:
+        """The log record of one event, or INVALID_ARGUMENT naming the event and field."""
+        def bad(field: str, problem: str) -> None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"event {index}: {field} {problem}; nothing from this stream was logged")
+
+        if not event.user_id:
+            bad("user_id", "is required")
+        if not event.item_id:
+            bad("item_id", "is required")
+        if event.event not in EVENT_TYPES:
+            bad("event", f"is {event.event!r}, expected one of {list(EVENT_TYPES)}")
+        if not math.isfinite(event.value) or event.value < 0:
+            bad("value", f"is {event.value}, expected a finite number >= 0")
+        if event.event in TIMED_EVENTS and event.value <= 0:
+            bad("value", f"must be the {event.event} time in seconds (> 0)")
+        if event.ts_ms < 0:
+            bad("ts_ms", f"is {event.ts_ms}, expected milliseconds since the epoch (0 = now)")
+        if event.position < 0:
+            bad("position", f"is {event.position}, expected >= 0")
+        content_type = event.content_type or self.pipeline.catalog.get(event.item_id, ("",))[0]
+        if not content_type:
+            bad("content_type", f"is needed: item {event.item_id!r} is not in the catalogue")
+        return {
+            "user_id": event.user_id, "item_id": event.item_id, "content_type": content_type,
+            "ts": event.ts_ms or now_ms(), "event": event.event,
+            "value": event.value if event.event in TIMED_EVENTS else None,
+            "request_id": event.request_id or None, "position": event.position,
+            "surface": event.surface or None, "experiment_arm": event.experiment_arm or None,
+            "source": event.source or None,
+        }

@@ -223,3 +223,53 @@ def test_int8_serving_model_matches_fp32():
         assert (ref[task] - out[task]).abs().max() < 5e-3
         assert not torch.equal(ref[task], out[task])
     assert (torch.argsort(ref["click"])[-10:].sort().values == torch.argsort(out["click"])[-10:].sort().values).all()
+
+
+def test_popularity_sampled_negatives_follow_the_popularity():
+    import polars as pl
+
+    from feedcore.features import build_feature_spec
+    from ranker.data import make_examples
+
+    items = pl.DataFrame({"item_id": [f"i{k}" for k in range(50)], "content_type": ["movie"] * 50,
+                          "categories": [[]] * 50}, schema_overrides={"categories": pl.List(pl.String)})
+    events = pl.DataFrame({"user_id": ["u"] * 20, "item_id": [f"i{k}" for k in range(20)], "seq": list(range(20)),
+                           "event": ["rating"] * 20, "value": [5.0] * 20})
+    spec = build_feature_spec(items, pl.DataFrame({"user_id": ["u"]}), max_history=5)
+    popularity = np.zeros(len(spec.items))
+    hot = spec.items.encode_one("i42")
+    popularity[hot] = 1.0
+    rng = np.random.default_rng(0)
+    examples = make_examples(events, events, spec, (TaskConfig("engage"),), 10, rng, popularity=popularity,
+                             popular_share=0.5)
+    negatives = examples.item[20:]
+    assert 0.4 < (negatives == hot).mean() < 0.6  # half by popularity (all on i42), half uniform
+    uniform = make_examples(events, events, spec, (TaskConfig("engage"),), 10, rng)
+    assert (uniform.item[20:] == hot).mean() < 0.1
+
+
+def test_count_tasks_learn_the_expected_count_with_a_poisson_loss():
+    import dataclasses
+
+    import polars as pl
+
+    torch.manual_seed(0)
+    args = dataclasses.replace(_args(), tasks=(TaskConfig("click"), TaskConfig("plays", "count", 1.0, "play")))
+    model = MultiTaskRanker(args)
+    feats = _item_features()
+    labels = np.array([[1, 6.0], [0, 0.0]] * 8)
+    batch = ranker_inputs(np.array([1, 2] * 8), np.array([3, 4] * 8), np.zeros((16, 2), np.int64), feats,
+                          labels=labels)
+    train = MultiTaskRankerTrain(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        loss, _, _ = train(batch.dense, batch.sparse, batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = model(batch.dense, batch.sparse)["plays"]
+    assert out[0].item() == pytest.approx(6.0, rel=0.1) and out[1].item() < 0.5  # expected counts, not logits
+    events = pl.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["a", "a", "a"], "event": ["play", "play", "view"],
+                           "value": [2.0, 3.0, None]})
+    labels = {r["user_id"]: r["plays"] for r in pair_labels(events, args.tasks).iter_rows(named=True)}
+    assert labels == {"u": 5.0, "v": 0.0}

@@ -76,3 +76,46 @@ class GetFeedResponse(_message.Message):
     experiment_arm: str
     model_version: str
     def __init__(self, items: _Optional[_Iterable[_Union[FeedItem, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., request_id: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "item_id", "content_type", "event", "value", "ts_ms", "request_id", "position", "surface", "experiment_arm", "source")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    content_type: str
+    event: str
+    value: float
+    ts_ms: int
+    request_id: str
+    position: int
+    surface: str
+    experiment_arm: str
+    source: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., event: _Optional[str] = ..., value: _Optional[float] = ..., ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ..., surface: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class LogEventsResponse(_message.Message):
+    __slots__ = ("accepted", "by_event", "last_seq")
+    class ByEventEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    BY_EVENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    by_event: _containers.ScalarMap[str, int]
+    last_seq: int
+    def __init__(self, accepted: _Optional[int] = ..., by_event: _Optional[_Mapping[str, int]] = ..., last_seq: _Optional[int] = ...) -> None: ...

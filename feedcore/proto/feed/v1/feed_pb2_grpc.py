@@ -40,6 +40,11 @@ class FeedServiceStub:
                 request_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedRequest.SerializeToString,
                 response_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedResponse.FromString,
                 _registered_method=True)
+        self.LogEvents = channel.stream_unary(
+                '/feed.v1.FeedService/LogEvents',
+                request_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.SerializeToString,
+                response_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -53,6 +58,15 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogEvents(self, request_iterator, context):
+        """What the user did with the feed: impressions and engagements, streamed by the app. The ack
+        comes once every event of the stream is durably on disk. Needs an API key in the call
+        metadata (`x-api-key`); a stream with any invalid event is refused whole (nothing is logged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.GetFeed,
                     request_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedRequest.FromString,
                     response_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedResponse.SerializeToString,
+            ),
+            'LogEvents': grpc.stream_unary_rpc_method_handler(
+                    servicer.LogEvents,
+                    request_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.FromString,
+                    response_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class FeedService:
             '/feed.v1.FeedService/GetFeed',
             feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedRequest.SerializeToString,
             feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.GetFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/feed.v1.FeedService/LogEvents',
+            feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.SerializeToString,
+            feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
