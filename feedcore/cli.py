@@ -2,7 +2,7 @@
 
     feed data prepare   --config configs/demo.toml
     feed train retrieval --config configs/demo.toml
-    feed train ranker   --config configs/demo.toml
+    feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log]
     feed index build    --config configs/demo.toml
     feed serve          --config configs/demo.toml [--port 50051]
     feed demo           [--config configs/demo.toml]
@@ -69,7 +69,7 @@ def cmd_train_retrieval(config: EngineConfig, args: argparse.Namespace) -> None:
 def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> None:
     from ranker.train import train_ranker_job
 
-    ckpt, metrics = train_ranker_job(config)
+    ckpt, metrics = train_ranker_job(config, from_logs=args.from_logs)
     if ckpt is not None:  # under torchrun, rank 0 reports
         print(json.dumps({"version": ckpt.version, "valid": metrics}))
 
@@ -164,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     for group, actions in (("data", ["prepare"]), ("train", ["retrieval", "ranker"]), ("index", ["build"])):
         g = sub.add_parser(group).add_subparsers(dest="action", required=True)
         for action in actions:
-            add(g.add_parser(action), (group, action))
+            action_parser = g.add_parser(action)
+            add(action_parser, (group, action))
+            if (group, action) == ("train", "ranker"):
+                action_parser.add_argument("--from-logs", default=None, metavar="DIR",
+                                           help="also train on the served traffic in this event log directory")
     serve_parser = sub.add_parser("serve", help="run the gRPC feed service")
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")

@@ -32,12 +32,74 @@ class RankerExamples:
     item: np.ndarray  # (n,)
     history: np.ndarray  # (n, L)
     labels: np.ndarray  # (n, T), NaN = missing
+    source: np.ndarray | None = None  # (n,) candidate-source ids; None = unknown
 
     def __len__(self) -> int:
         return len(self.item)
 
     def take(self, idx: np.ndarray) -> RankerExamples:
-        return RankerExamples(self.user[idx], self.item[idx], self.history[idx], self.labels[idx])
+        source = None if self.source is None else self.source[idx]
+        return RankerExamples(self.user[idx], self.item[idx], self.history[idx], self.labels[idx], source)
+
+    @staticmethod
+    def concat(parts: list[RankerExamples]) -> RankerExamples:
+        return RankerExamples(
+            np.concatenate([p.user for p in parts]), np.concatenate([p.item for p in parts]),
+            np.concatenate([p.history for p in parts]), np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.source if p.source is not None else np.zeros(len(p), np.int64) for p in parts]),
+        )
+
+
+def unrecorded_tasks(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> list[int]:
+    """Indices of the tasks whose event type never occurs in `events`: a source that never records
+    an event cannot say it did not happen, so those labels are missing, not 0."""
+    present = set(events["event"].unique().to_list())
+    return [t for t, task in enumerate(tasks) if task.event != "*" and task.event not in present]
+
+
+def examples_from_log(
+    log: pl.DataFrame,
+    spec: FeatureSpec,
+    tasks: tuple[TaskConfig, ...],
+    histories: dict[str, np.ndarray],
+) -> RankerExamples:
+    """Examples from served traffic (`serving.event_log`): one per (user, item, request) the log
+    shows the user was served (an impression, or any engagement, which implies one), labelled by
+    the engagements on it. Impressions nobody engaged with are the real negatives that datasets
+    lack. The candidate source is the one logged; the history is the user's in `histories`.
+    """
+    from ranker.model import CANDIDATE_SOURCES
+
+    served = log.filter(pl.col("request_id").is_not_null())
+    if served.height == 0:
+        return RankerExamples(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                              np.zeros((0, spec.max_history), np.int64), np.zeros((0, len(tasks)), np.float32))
+    keys = ["user_id", "item_id", "request_id"]
+    aggs = [pl.col("source").drop_nulls().first().alias("_source")]
+    for task in tasks:
+        match = pl.lit(True) if task.event == "*" else pl.col("event") == task.event
+        if task.event == "*":
+            match = pl.col("event") != "impression"
+        if task.kind == "binary":
+            if task.threshold is not None:
+                match = match & (pl.col("value") >= task.threshold)
+            aggs.append(match.any().cast(pl.Float32).alias(task.name))
+        elif task.kind == "count":
+            aggs.append(pl.col("value").fill_null(1.0).filter(match).sum().cast(pl.Float32).alias(task.name))
+        else:
+            aggs.append(pl.col("value").filter(match).mean().cast(pl.Float32).alias(task.name))
+    rows = served.group_by(keys, maintain_order=True).agg(aggs)
+    labels = rows.select([t.name for t in tasks]).to_numpy().astype(np.float32)
+    labels[:, unrecorded_tasks(served, tasks)] = np.nan
+    source_ids = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
+    return RankerExamples(
+        user=spec.users.encode(rows["user_id"]),
+        item=spec.items.encode(rows["item_id"]),
+        history=pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in rows["user_id"].to_list()],
+                              spec.max_history),
+        labels=labels,
+        source=np.array([source_ids.get(s, 0) for s in rows["_source"].to_list()], np.int64),
+    )
 
 
 def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataFrame:
@@ -104,9 +166,11 @@ def make_examples(
     collide = neg_item == np.repeat(item, k)
     neg_item[collide] = (neg_item[collide] % (len(spec.items) - 1)) + 1
     neg_labels = np.array([np.nan if t.kind == "regression" else 0.0 for t in tasks], np.float32)
+    labels = np.concatenate([pos_labels, np.tile(neg_labels, (len(neg_item), 1))])
+    labels[:, unrecorded_tasks(label_events, tasks)] = np.nan
     return RankerExamples(
         user=np.concatenate([user, np.repeat(user, k)]),
         item=np.concatenate([item, neg_item]),
         history=np.concatenate([history, np.repeat(history, k, axis=0)]),
-        labels=np.concatenate([pos_labels, np.tile(neg_labels, (len(neg_item), 1))]),
+        labels=labels,
     )

@@ -8,8 +8,10 @@ In one process this is a world of size 1; under `torchrun` the same code shards 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
@@ -25,11 +27,12 @@ from evaluation.metrics import auc, gauc
 from feedcore.artifacts import Checkpoint, save_model
 from feedcore.config import EngineConfig, RankerConfig, resolve_device
 from feedcore.distributed import process_group
+from feedcore.errors import DataError
 from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories
 from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
 from ranker.batching import ranker_inputs
-from ranker.data import RankerExamples, make_examples
+from ranker.data import RankerExamples, examples_from_log, make_examples
 from ranker.model import MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
 
 logger = logging.getLogger(__name__)
@@ -61,8 +64,10 @@ def train_ranker(
     history_event_types: tuple[str, ...] = (),
     *,
     progress: bool = True,
+    log: pl.DataFrame | None = None,
 ) -> tuple[MultiTaskRanker | None, dict[str, float]]:
-    """Train on `split.train`; return the unsharded inference model and validation metrics.
+    """Train on `split.train` (and on served traffic from `log`, an event log's events, when
+    given); return the unsharded inference model and validation metrics.
 
     Under torchrun every rank trains its shard; the gathered model and the metrics are returned on
     rank 0 only (other ranks get None).
@@ -73,6 +78,12 @@ def train_ranker(
     train = make_examples(history_events(split.train, history_event_types), split.train, spec, config.tasks,
                           config.negatives_per_positive, rng, popularity=np.expm1(item_features.popularity),
                           popular_share=config.popular_negative_share)
+    if log is not None:
+        histories = latest_histories(history_events(split.train, history_event_types), spec)
+        served = examples_from_log(log, spec, config.tasks, histories)
+        logger.info("ranker: %d examples from the event log (%d with an engagement)", len(served),
+                    int(np.nansum(served.labels, axis=1).astype(bool).sum()))
+        train = RankerExamples.concat([train, served])
     args = model_args(config, spec)
 
     with process_group(device) as (rank, world_size):
@@ -88,7 +99,8 @@ def train_ranker(
                        disable=None if progress and rank == 0 else True)
             for b in bar:
                 rows = train.take(order[b * config.batch_size : (b + 1) * config.batch_size])
-                batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels).to(device)
+                batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels,
+                                      source=rows.source).to(device)
                 loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
                 dense_optimizer.zero_grad()
                 loss.backward()
@@ -172,7 +184,7 @@ def predict(model: MultiTaskRanker, examples: RankerExamples, item_features: Ite
     out = []
     for i in range(0, len(examples), batch_size):
         rows = examples.take(np.arange(i, min(i + batch_size, len(examples))))
-        batch = ranker_inputs(rows.user, rows.item, rows.history, item_features)
+        batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, source=rows.source)
         preds = model(batch.dense, batch.sparse)
         out.append(torch.stack([preds[t] for t in model.task_names], dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.task_names)), np.float32)
@@ -206,11 +218,25 @@ def evaluate_ranker(
     return metrics
 
 
-def train_ranker_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint | None, dict[str, float]]:
-    """`feed train ranker`: prepared data → trained multi-task ranker checkpoint (with its features)."""
+def train_ranker_job(
+    config: EngineConfig, *, progress: bool = True, from_logs: str | Path | None = None
+) -> tuple[Checkpoint | None, dict[str, float]]:
+    """`feed train ranker [--from-logs DIR]`: prepared data (plus the served traffic logged in DIR,
+    `serving.event_log`) → trained multi-task ranker checkpoint (with its features)."""
     inputs = load_training_inputs(config)
+    log = None
+    if from_logs is not None:
+        from serving.event_log import read_event_log  # the serving side's format, read back
+
+        if not Path(from_logs).is_dir():
+            raise DataError(from_logs, "no event log here", expected="the serving event log directory "
+                            "(serving.event_log_dir, default <artifacts_dir>/event_log)")
+        log = read_event_log(from_logs)
+        logger.info("ranker: read %d logged events from %s", log.height, from_logs)
     model, metrics = train_ranker(config.ranker, inputs.spec, inputs.item_features, inputs.split,
-                                  config.data.history_events, progress=progress)
+                                  config.data.history_events, progress=progress, log=log)
+    if log is not None and model is not None:
+        metrics["log_events"] = float(log.height)
     if model is None:  # not rank 0: rank 0 saves the gathered model
         return None, {}
     ckpt = save_model(config.ranker_path, kind="ranker", model=model, config=config.ranker, inputs=inputs,
