@@ -156,6 +156,7 @@ class ServingConfig:
     event_log_dir: str = ""  # empty: <artifacts_dir>/event_log
     max_events_per_stream: int = 10_000
     event_log_segment_mb: float = 64.0  # rotate the write-ahead segment into Parquet at this size
+    experiments_file: str = ""  # an A/B experiment (serving.experiments); re-read when it changes
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

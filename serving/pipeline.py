@@ -16,7 +16,7 @@ import polars as pl
 import torch
 
 from feedcore.artifacts import load_checkpoint
-from feedcore.config import EngineConfig, ServingConfig, resolve_device
+from feedcore.config import BlendConfig, EngineConfig, ServingConfig, resolve_device
 from feedcore.errors import ArtifactError
 from feedcore.features import (
     FeatureSpec,
@@ -50,6 +50,9 @@ class FeedRequest:
     page_size: int
     cursor: str = ""
     surface: str = "home"
+    arm: str = ""  # the experiment arm serving this request (cursors are only valid within it)
+    value_weights: dict[str, float] | None = None  # the arm's; None: the server's for the surface
+    blend: BlendConfig | None = None  # the arm's; None: the server's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,12 +162,11 @@ class FeedPipeline:
         ranker = MultiTaskRanker.from_checkpoint(ranker_ckpt)
         if config.serving.int8_embeddings:
             ranker = quantize_for_serving(ranker)
-        embeddings = None
-        if config.serving.blend.diversity > 0:
-            # Row i = the ranker vocabulary's item i (row 0, unknown, stays zero).
-            rows = retrieval_ckpt.feature_spec.items.encode(pl.Series(spec.items.values, dtype=pl.String))
-            embeddings = np.zeros((len(spec.items), retrieval.args.embedding_dim), np.float32)
-            embeddings[1:] = embed_items(retrieval, rows)
+        # For the blender's diversity (any experiment arm may turn it on). Row i = the ranker
+        # vocabulary's item i (row 0, unknown, stays zero).
+        rows = retrieval_ckpt.feature_spec.items.encode(pl.Series(spec.items.values, dtype=pl.String))
+        embeddings = np.zeros((len(spec.items), retrieval.args.embedding_dim), np.float32)
+        embeddings[1:] = embed_items(retrieval, rows)
         return cls(
             spec=spec,
             item_features=item_feats,
@@ -181,7 +183,8 @@ class FeedPipeline:
     def get_feed(self, request: FeedRequest) -> FeedPage:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        offset = decode_cursor(request.cursor, request.user_id, self.model_version)
+        version = f"{self.model_version}|{request.arm}"
+        offset = decode_cursor(request.cursor, request.user_id, version)
         history = self.histories.get(request.user_id, np.zeros(0, np.int64))
         seen = self.seen.get(request.user_id, frozenset())
 
@@ -206,9 +209,10 @@ class FeedPipeline:
             t: np.zeros(0) for t in self.ranker.task_names}
         timings["ranker"] = _lap(t2)
         t3 = time.perf_counter()
-        values = value_scores(preds, self.serving.weights_for(request.surface))
+        values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
         order = blend(
-            values, [self.catalog[i][0] for i in item_ids], self.serving.blend, item_ids=item_ids, exclude=seen,
+            values, [self.catalog[i][0] for i in item_ids], request.blend or self.serving.blend, item_ids=item_ids,
+            exclude=seen,
             creators=[self.creators.get(i) for i in item_ids],
             embeddings=None if self.item_embeddings is None else self.item_embeddings[item],
         )
@@ -225,7 +229,7 @@ class FeedPipeline:
                 position=position,
             ))
         end = offset + len(page)
-        next_cursor = encode_cursor(request.user_id, end, self.model_version) if end < len(order) else ""
+        next_cursor = encode_cursor(request.user_id, end, version) if end < len(order) else ""
         timings["total"] = _lap(t0)
         return FeedPage(items, next_cursor, self.model_version, timings)
 

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.event_log import EventLog
+from serving.experiments import ExperimentStore
 from serving.pipeline import FeedPipeline
 from serving.servicer import FeedServicer
 
@@ -32,7 +33,8 @@ def create_server(
     """A started-ready (not yet started) server bound to config.host:config.port; returns the real port.
     Without `event_log`, LogEvents answers UNIMPLEMENTED."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(pipeline, config, event_log), server)
+    experiments = ExperimentStore(config.experiments_file or None)  # a bad file refuses to start
+    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(pipeline, config, event_log, experiments), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -17,21 +17,23 @@ from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
+from serving.experiments import ExperimentStore
 from serving.pipeline import CursorError, FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
-DEFAULT_ARM = "default"
 EVENT_TYPES = ("impression", "click", "like", "follow", "share", "dwell", "watch", "hide", "report")
 TIMED_EVENTS = ("dwell", "watch")  # carry seconds in `value`
 API_KEY_HEADER = "x-api-key"
 
 
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
-    def __init__(self, pipeline: FeedPipeline, config: ServingConfig, event_log: EventLog | None = None) -> None:
+    def __init__(self, pipeline: FeedPipeline, config: ServingConfig, event_log: EventLog | None = None,
+                 experiments: ExperimentStore | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
         self.max_page_size = config.max_page_size
         self.event_log = event_log
+        self.experiments = experiments or ExperimentStore(None)
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         request_id = uuid.uuid4().hex
@@ -40,10 +42,17 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if not 1 <= request.page_size <= self.max_page_size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"page_size must be 1..{self.max_page_size}, got {request.page_size}")
+        experiment = self.experiments.current()
+        forced = request.experiment_overrides.get(experiment.name)
+        try:
+            arm = experiment.arm(forced) if forced else experiment.assign(request.user_id)
+        except KeyError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"experiment_overrides: {e.args[0]}")
+        arm_label = f"{experiment.name}/{arm.name}"
         try:
             page = self.pipeline.get_feed(FeedRequest(
                 user_id=request.user_id, page_size=request.page_size, cursor=request.cursor,
-                surface=request.surface or "home",
+                surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
             ))
         except CursorError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -60,7 +69,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             ],
             next_cursor=page.next_cursor,
             request_id=request_id,
-            experiment_arm=DEFAULT_ARM,
+            experiment_arm=arm_label,
             model_version=page.model_version,
         )
 
@@ -78,6 +87,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         last_seq = self.event_log.append(records)
         counts = Counter(r["event"] for r in records)
         return feed_pb2.LogEventsResponse(accepted=len(records), by_event=dict(counts), last_seq=last_seq)
+
+    def _arm_of(self, user_id: str) -> str:
+        experiment = self.experiments.current()
+        return f"{experiment.name}/{experiment.assign(user_id).name}"
 
     def _authenticate(self, context: grpc.ServicerContext) -> None:
         if not self.config.api_keys:
@@ -118,6 +131,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             "ts": event.ts_ms or now_ms(), "event": event.event,
             "value": event.value if event.event in TIMED_EVENTS else None,
             "request_id": event.request_id or None, "position": event.position,
-            "surface": event.surface or None, "experiment_arm": event.experiment_arm or None,
+            "surface": event.surface or None,
+            "experiment_arm": event.experiment_arm or self._arm_of(event.user_id),
             "source": event.source or None,
         }
