@@ -43,7 +43,8 @@ def run_variant(pipeline: FeedPipeline, serving, users: list[str], page_size: in
         for stage, ms in page.timings_ms.items():
             stages.setdefault(stage, []).append(ms)
     # End-to-end through gRPC: one client, sequential calls.
-    server, port, _ = create_server(serving, pipeline)
+    running = create_server(serving, pipeline)
+    server, port = running.server, running.port
     server.start()
     client_ms = []
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -91,7 +91,7 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
         serving = dataclasses.replace(serving, port=args.port)
     pipeline = FeedPipeline.from_artifacts(config)
     event_log = EventLog(config.event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
-    serve(serving, pipeline, event_log,
+    serve(dataclasses.replace(config, serving=serving), pipeline, event_log,
           on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True))
 
 

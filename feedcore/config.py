@@ -157,6 +157,9 @@ class ServingConfig:
     max_events_per_stream: int = 10_000
     event_log_segment_mb: float = 64.0  # rotate the write-ahead segment into Parquet at this size
     experiments_file: str = ""  # an A/B experiment (serving.experiments); re-read when it changes
+    metrics_port: int = -1  # Prometheus /metrics on this port (0: a free one); -1: off
+    reload_interval_s: float = 5.0  # poll for new models / index this often and swap them in live; 0: off
+    max_request_bytes: int = 4 << 20  # larger requests get RESOURCE_EXHAUSTED
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

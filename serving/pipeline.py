@@ -72,6 +72,7 @@ class FeedPage:
     next_cursor: str
     model_version: str
     timings_ms: dict[str, float]
+    degraded: tuple[str, ...] = ()  # components that failed and were replaced by a fallback
 
 
 def encode_cursor(user_id: str, offset: int, version: str) -> str:
@@ -194,29 +195,18 @@ class FeedPipeline:
         item_ids = list(candidates)
         timings["candidates"] = _lap(t0)
 
-        # 2. feature hydration: the same transforms as training
-        t1 = time.perf_counter()
+        # 2. feature hydration (the same transforms as training), 3. ranker, 4. value model and blend.
+        # A failure here degrades to the candidate sources' own order rather than failing the request.
         item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
-        user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
-        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
-        source = np.array([SOURCE_IDS.get(candidates[i], 0) for i in item_ids], np.int64)
-        batch = ranker_inputs(user, item, hist, self.item_features, source=source)
-        timings["hydration"] = _lap(t1)
-
-        # 3. ranker, 4. value model and blend
-        t2 = time.perf_counter()
-        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
-            t: np.zeros(0) for t in self.ranker.task_names}
-        timings["ranker"] = _lap(t2)
-        t3 = time.perf_counter()
-        values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
-        order = blend(
-            values, [self.catalog[i][0] for i in item_ids], request.blend or self.serving.blend, item_ids=item_ids,
-            exclude=seen,
-            creators=[self.creators.get(i) for i in item_ids],
-            embeddings=None if self.item_embeddings is None else self.item_embeddings[item],
-        )
-        timings["blend"] = _lap(t3)
+        degraded: tuple[str, ...] = ()
+        try:
+            preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings)
+        except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
+            logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
+            degraded = ("ranker",)
+            preds = {}
+            values = -np.arange(len(item_ids), dtype=np.float64)  # the sources' order: ann, social, ..., popular
+            order = np.array([i for i, item_id in enumerate(item_ids) if item_id not in seen], np.int64)
 
         # 5. the page
         page = order[offset : offset + request.page_size]
@@ -231,7 +221,30 @@ class FeedPipeline:
         end = offset + len(page)
         next_cursor = encode_cursor(request.user_id, end, version) if end < len(order) else ""
         timings["total"] = _lap(t0)
-        return FeedPage(items, next_cursor, self.model_version, timings)
+        return FeedPage(items, next_cursor, self.model_version, timings, degraded)
+
+    def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
+              candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float]):
+        """Task predictions, values and the blended order of the candidates."""
+        t1 = time.perf_counter()
+        user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
+        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
+        source = np.array([SOURCE_IDS.get(candidates[i], 0) for i in item_ids], np.int64)
+        batch = ranker_inputs(user, item, hist, self.item_features, source=source)
+        timings["hydration"] = _lap(t1)
+        t2 = time.perf_counter()
+        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
+            t: np.zeros(0) for t in self.ranker.task_names}
+        timings["ranker"] = _lap(t2)
+        t3 = time.perf_counter()
+        values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
+        order = blend(
+            values, [self.catalog[i][0] for i in item_ids], request.blend or self.serving.blend, item_ids=item_ids,
+            exclude=seen, creators=[self.creators.get(i) for i in item_ids],
+            embeddings=None if self.item_embeddings is None else self.item_embeddings[item],
+        )
+        timings["blend"] = _lap(t3)
+        return preds, values, order
 
 
 def _lap(start: float) -> float:

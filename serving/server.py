@@ -10,16 +10,19 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from feedcore.config import ServingConfig
+from feedcore.config import EngineConfig, ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
+from serving.metrics import ServiceMetrics
 from serving.pipeline import FeedPipeline
+from serving.reloader import ModelReloader
 from serving.servicer import FeedServicer
 
 logger = logging.getLogger(__name__)
@@ -27,15 +30,28 @@ SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 GRACE_SECONDS = 5.0
 
 
-def create_server(
-    config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None
-) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-ready (not yet started) server bound to config.host:config.port; returns the real port.
-    Without `event_log`, LogEvents answers UNIMPLEMENTED."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
+class FeedServer(NamedTuple):
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    servicer: FeedServicer
+    metrics: ServiceMetrics
+    metrics_port: int | None  # None: metrics not served over HTTP
+
+
+def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None) -> FeedServer:
+    """A ready (not yet started) server bound to config.host:config.port, with the real port; its
+    Prometheus metrics are on HTTP when `config.metrics_port` >= 0. Without `event_log`,
+    LogEvents answers UNIMPLEMENTED."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
+    )
     experiments = ExperimentStore(config.experiments_file or None)  # a bad file refuses to start
-    feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedServicer(pipeline, config, event_log, experiments), server)
+    metrics = ServiceMetrics()
     health_servicer = health.HealthServicer()
+    servicer = FeedServicer(pipeline, config, event_log, experiments, metrics, health_servicer)
+    feed_pb2_grpc.add_FeedServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -45,14 +61,22 @@ def create_server(
         raise OSError(f"cannot bind {config.host}:{config.port}")
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    metrics_port = metrics.serve_http(config.host, config.metrics_port) if config.metrics_port >= 0 else None
+    return FeedServer(server, port, health_servicer, servicer, metrics, metrics_port)
 
 
-def serve(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:
+def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:
     """Run the server until SIGTERM / SIGINT, then shut down gracefully: NOT_SERVING, in-flight
-    requests finish, the event log is flushed into Parquet."""
-    server, port, health_servicer = create_server(config, pipeline, event_log)
+    requests finish, the event log is flushed into Parquet. New models and indexes written under
+    `engine.artifacts_dir` are picked up live (`serving.reloader`)."""
+    config = engine.serving
+    running = create_server(config, pipeline, event_log)
+    server, port, health_servicer = running.server, running.port, running.health
     server.start()
+    reloader = None
+    if config.reload_interval_s > 0:
+        reloader = ModelReloader(engine, running.servicer, config.reload_interval_s)
+        reloader.start()
     stopping = threading.Event()
 
     def shutdown(signum, _frame) -> None:
@@ -62,11 +86,15 @@ def serve(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | N
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    logger.info("serving %s on %s:%d (model %s)", SERVICE_NAME, config.host, port, pipeline.model_version)
+    logger.info("serving %s on %s:%d (model %s; metrics %s)", SERVICE_NAME, config.host, port, pipeline.model_version,
+                f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
     if on_ready is not None:
         on_ready(port)
     stopping.wait()
+    if reloader is not None:
+        reloader.stop()
     server.stop(GRACE_SECONDS).wait()
     if event_log is not None:
         event_log.close()
+    running.metrics.stop_http()
     logger.info("stopped")

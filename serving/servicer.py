@@ -12,12 +12,15 @@ import uuid
 from collections import Counter
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
 from serving.experiments import ExperimentStore
+from serving.metrics import ServiceMetrics
 from serving.pipeline import CursorError, FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
@@ -28,14 +31,26 @@ API_KEY_HEADER = "x-api-key"
 
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     def __init__(self, pipeline: FeedPipeline, config: ServingConfig, event_log: EventLog | None = None,
-                 experiments: ExperimentStore | None = None) -> None:
+                 experiments: ExperimentStore | None = None, metrics: ServiceMetrics | None = None,
+                 health: HealthServicer | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
         self.max_page_size = config.max_page_size
         self.event_log = event_log
         self.experiments = experiments or ExperimentStore(None)
+        self.metrics = metrics or ServiceMetrics()
+        self.health = health
+        self._component_ok: dict[str, bool] = {}
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
+        with self.metrics.observe("GetFeed", context):
+            return self._get_feed(request, context)
+
+    def LogEvents(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
+        with self.metrics.observe("LogEvents", context):
+            return self._log_events(request_iterator, context)
+
+    def _get_feed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         request_id = uuid.uuid4().hex
         if not request.user_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
@@ -56,7 +71,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             ))
         except CursorError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        logger.info("request_id=%s user_id=%s items=%d timings_ms=%s", request_id, request.user_id,
+        self.metrics.stage_timings(page.timings_ms)
+        self.report_component("ranker", "ranker" not in page.degraded)
+        logger.info("request_id=%s user_id=%s arm=%s items=%d timings_ms=%s", request_id, request.user_id, arm_label,
                     len(page.items), {k: round(v, 2) for k, v in page.timings_ms.items()})
         return feed_pb2.GetFeedResponse(
             items=[
@@ -73,7 +90,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             model_version=page.model_version,
         )
 
-    def LogEvents(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
+    def _log_events(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
         self._authenticate(context)
         if self.event_log is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server runs without an event log")
@@ -86,7 +103,19 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             records.append(self._record(index, event, context))
         last_seq = self.event_log.append(records)
         counts = Counter(r["event"] for r in records)
+        for event, n in counts.items():
+            self.metrics.events.labels(event).inc(n)
         return feed_pb2.LogEventsResponse(accepted=len(records), by_event=dict(counts), last_seq=last_seq)
+
+    def report_component(self, component: str, ok: bool) -> None:
+        """Health of one component, as the health service's `feed.v1.FeedService/<component>`:
+        NOT_SERVING while it fails and the feed runs on its fallback."""
+        if self.health is None or self._component_ok.get(component) == ok:
+            return
+        self._component_ok[component] = ok
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(f"{feed_pb2.DESCRIPTOR.services_by_name['FeedService'].full_name}/{component}", status)
+        (logger.info if ok else logger.error)("component %s: %s", component, "recovered" if ok else "failing")
 
     def _arm_of(self, user_id: str) -> str:
         experiment = self.experiments.current()

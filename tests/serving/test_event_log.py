@@ -82,7 +82,8 @@ def logging_server(trained_engine, tmp_path_factory):
     directory = tmp_path_factory.mktemp("event_log")
     serving = dataclasses.replace(trained_engine.serving, api_keys=(KEY,))
     log = EventLog(directory)
-    server, port, _ = create_server(serving, FeedPipeline.from_artifacts(trained_engine), log)
+    running = create_server(serving, FeedPipeline.from_artifacts(trained_engine), log)
+    server, port = running.server, running.port
     server.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield feed_pb2_grpc.FeedServiceStub(channel), log, directory

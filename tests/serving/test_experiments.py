@@ -76,7 +76,8 @@ def experiment_server(trained_engine, tmp_path_factory):
     path = tmp_path_factory.mktemp("exp") / "exp.toml"
     _write(path, TWO_ARMS, 1_000)
     serving = dataclasses.replace(trained_engine.serving, experiments_file=str(path))
-    server, port, _ = create_server(serving, FeedPipeline.from_artifacts(trained_engine))
+    running = create_server(serving, FeedPipeline.from_artifacts(trained_engine))
+    server, port = running.server, running.port
     server.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield feed_pb2_grpc.FeedServiceStub(channel), path

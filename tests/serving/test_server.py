@@ -22,12 +22,18 @@ def pipeline(trained_engine):
 
 
 @pytest.fixture(scope="module")
-def channel(trained_engine, pipeline):
-    server, port, _ = create_server(trained_engine.serving, pipeline)
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+def running(trained_engine, pipeline):
+    running = create_server(dataclasses.replace(trained_engine.serving, metrics_port=0), pipeline)
+    running.server.start()
+    yield running
+    running.server.stop(0).wait()
+    running.metrics.stop_http()
+
+
+@pytest.fixture(scope="module")
+def channel(running):
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
         yield ch
-    server.stop(0).wait()
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +185,26 @@ def test_surface_weights_blend_and_int8_ranker_shape_the_served_feed(trained_eng
     # int8 tables: predictions within quantization error of the fp32 ranker, item by item.
     fp32 = {i.item_id: i.task_scores["engage"] for i in plain.items}
     assert max(abs(fp32[i.item_id] - i.task_scores["engage"]) for i in diverse.items) < 0.02
+
+
+def test_prometheus_metrics_count_requests_by_code_and_time_each_stage(stub, running):
+    import urllib.request
+
+    _get(stub, "1", page_size=5)
+    with pytest.raises(grpc.RpcError):
+        stub.GetFeed(feed_pb2.GetFeedRequest(user_id="", page_size=5), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10).read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['feed_requests_total{code="OK",method="GetFeed"}'] >= 1
+    assert samples['feed_requests_total{code="INVALID_ARGUMENT",method="GetFeed"}'] >= 1
+    for stage in ("candidates", "hydration", "ranker", "blend", "total"):
+        assert samples[f'feed_stage_seconds_count{{stage="{stage}"}}'] >= 1
+    assert samples['feed_request_seconds_count{method="GetFeed"}'] >= 2
+
+
+def test_oversized_requests_are_refused_with_resource_exhausted(stub, running):
+    big = feed_pb2.GetFeedRequest(user_id="1", page_size=5, context={"blob": "x" * (5 << 20)})
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetFeed(big, timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

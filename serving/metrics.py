@@ -1,0 +1,63 @@
+"""Prometheus metrics of the feed service, served over HTTP (`[serving] metrics_port`).
+
+Each server has its own registry, so several servers (tests) can live in one process.
+
+- ``feed_requests_total{method, code}``: RPCs by gRPC status code (errors are the non-OK codes);
+- ``feed_request_seconds{method}``: RPC latency;
+- ``feed_stage_seconds{stage}``: GetFeed's stages (candidates, hydration, ranker, blend, total);
+- ``feed_events_logged_total{event}``: events durably logged by LogEvents.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("feed_requests", "RPCs by method and gRPC status code", ["method", "code"],
+                                registry=self.registry)
+        self.latency = Histogram("feed_request_seconds", "RPC latency", ["method"], buckets=_BUCKETS,
+                                 registry=self.registry)
+        self.stages = Histogram("feed_stage_seconds", "GetFeed latency per pipeline stage", ["stage"],
+                                buckets=_BUCKETS, registry=self.registry)
+        self.events = Counter("feed_events_logged", "Events durably logged, by event type", ["event"],
+                              registry=self.registry)
+        self._http = None
+
+    @contextmanager
+    def observe(self, method: str, context: grpc.ServicerContext):
+        """Time one RPC and count it under the status code it ends with (OK unless aborted)."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except Exception:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            self.latency.labels(method).observe(time.perf_counter() - start)
+            self.requests.labels(method, code.name).inc()
+
+    def stage_timings(self, timings_ms: dict[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.stages.labels(stage).observe(ms / 1000.0)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Expose /metrics on host:port (0: a free port); returns the port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

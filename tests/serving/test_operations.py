@@ -1,0 +1,112 @@
+"""Operations: a failing ranker degrades to a fallback and shows in health; new models swap in live
+under load without a failed request; artifacts that do not load keep the old ones serving."""
+
+import dataclasses
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.pipeline import FeedPipeline
+from serving.reloader import ModelReloader
+from serving.server import SERVICE_NAME, create_server
+
+
+def _health(channel, service):
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=10).status
+    except grpc.RpcError as e:
+        return e.code()
+
+
+class _Broken(torch.nn.Module):
+    task_names = ["engage", "like"]
+
+    def forward(self, dense, sparse):
+        raise RuntimeError("injected ranker failure")
+
+
+@pytest.fixture
+def engine_copy(trained_engine, tmp_path):
+    """The trained artifacts in a private directory, so a test may overwrite them."""
+    shutil.copytree(trained_engine.artifacts_dir, tmp_path / "a")
+    return dataclasses.replace(trained_engine, artifacts_dir=str(tmp_path / "a"))
+
+
+def test_a_failing_ranker_degrades_to_the_candidate_order_and_reports_it(engine_copy):
+    pipeline = FeedPipeline.from_artifacts(engine_copy)
+    running = create_server(engine_copy.serving, pipeline)
+    running.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            ranker = pipeline.ranker
+            pipeline.ranker = _Broken()
+            response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=10), timeout=30)
+            assert len(response.items) == 10 and all(not i.task_scores for i in response.items)
+            assert response.items[0].source == "ann"  # the candidate sources' own order
+            assert _health(channel, f"{SERVICE_NAME}/ranker") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert _health(channel, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING  # still serving
+            pipeline.ranker = ranker
+            response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=10), timeout=30)
+            assert all(i.task_scores for i in response.items)
+            assert _health(channel, f"{SERVICE_NAME}/ranker") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.server.stop(0).wait()
+
+
+def test_new_models_swap_in_under_load_without_a_failed_request(engine_copy):
+    from ranker.train import train_ranker_job
+
+    running = create_server(engine_copy.serving, FeedPipeline.from_artifacts(engine_copy))
+    running.server.start()
+    reloader = ModelReloader(engine_copy, running.servicer, interval_s=0.2)
+    reloader.start()
+    errors, versions, stop = [], set(), threading.Event()
+
+    def client(c: int) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    r = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=str(1 + c), page_size=10), timeout=30)
+                    assert len(r.items) == 10
+                    versions.add(r.model_version)
+                except Exception as e:  # noqa: BLE001 (any failure counts)
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        old = running.servicer.pipeline.model_version
+        retrained = dataclasses.replace(engine_copy, ranker=dataclasses.replace(engine_copy.ranker, seed=7))
+        train_ranker_job(retrained, progress=False)  # a new ranker checkpoint lands while clients run
+        deadline = time.time() + 60
+        while running.servicer.pipeline.model_version == old:
+            assert time.time() < deadline, "the new model was not swapped in"
+            time.sleep(0.1)
+        time.sleep(0.5)  # traffic on the new model
+        new = running.servicer.pipeline.model_version
+        # A broken checkpoint: the new model keeps serving and health reports the failed reload.
+        engine_copy.ranker_path.write_bytes(b"not a checkpoint")
+        deadline = time.time() + 30
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            while _health(channel, f"{SERVICE_NAME}/reload") != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.time() < deadline, "the failed reload was not reported"
+                time.sleep(0.1)
+        assert running.servicer.pipeline.model_version == new
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        reloader.stop()
+        running.server.stop(0).wait()
+    assert not errors, errors[:3]
+    assert old in versions and new in versions and reloader.reloads == 1
