@@ -69,7 +69,7 @@ def cmd_train_retrieval(config: EngineConfig, args: argparse.Namespace) -> None:
 def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> None:
     from ranker.train import train_ranker_job
 
-    ckpt, metrics = train_ranker_job(config, from_logs=args.from_logs)
+    ckpt, metrics = train_ranker_job(config, from_logs=getattr(args, "from_logs", None))
     if ckpt is not None:  # under torchrun, rank 0 reports
         print(json.dumps({"version": ckpt.version, "valid": metrics}))
 
@@ -100,7 +100,7 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
     start = time.time()
     for step in (cmd_prepare, cmd_train_retrieval, cmd_train_ranker, cmd_index_build):
         step(config, args)
-    from serving.client import print_feed, wait_ready
+    from serving.client import log_interactions, print_feed, wait_ready
 
     server = subprocess.Popen(
         [sys.executable, "-m", "feedcore.cli", "serve", "--config", args.config, "--port", "0"],
@@ -120,7 +120,9 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
         with grpc.insecure_channel(address) as channel:
             wait_ready(channel)
             for user in users:
-                print_feed(channel, user, page_size=10, pages=2 if user == users[0] else 1)
+                pages = print_feed(channel, user, page_size=10, pages=2 if user == users[0] else 1)
+                if config.serving.api_keys:  # what the app reports back: impressions and a click
+                    log_interactions(channel, user, pages[0], config.serving.api_keys[0])
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -128,7 +130,8 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             code = server.wait()
-    print(f"\nserver stopped cleanly (exit code {code}); demo took {time.time() - start:.0f}s")
+    print(f"\nserver stopped cleanly (exit code {code}); events logged under {config.event_log_dir}; "
+          f"demo took {time.time() - start:.0f}s")
     if code != 0:
         raise SystemExit(code)
 

@@ -16,10 +16,11 @@ def wait_ready(channel: grpc.Channel, timeout: float = 30.0) -> None:
         raise RuntimeError(f"feed server is not serving: {status}")
 
 
-def print_feed(channel: grpc.Channel, user_id: str, page_size: int = 10, pages: int = 1) -> list[feed_pb2.FeedItem]:
-    """Request `pages` pages of `user_id`'s feed and print them as a table; return the items."""
+def print_feed(channel: grpc.Channel, user_id: str, page_size: int = 10,
+               pages: int = 1) -> list[feed_pb2.GetFeedResponse]:
+    """Request `pages` pages of `user_id`'s feed and print them as a table; return the responses."""
     stub = feed_pb2_grpc.FeedServiceStub(channel)
-    cursor, items = "", []
+    cursor, responses = "", []
     for page in range(pages):
         response = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user_id, page_size=page_size, cursor=cursor),
                                 timeout=10.0)
@@ -32,8 +33,26 @@ def print_feed(channel: grpc.Channel, user_id: str, page_size: int = 10, pages: 
             scores = "  ".join(f"{item.task_scores[t]:6.3f}" for t in tasks)
             print(f"{item.position:>3}  {item.content_type:<10} {item.score:6.3f}  {scores}  {item.source:<9} "
                   f"{item.title[:60]}")
-        items.extend(response.items)
+        responses.append(response)
         cursor = response.next_cursor
         if not cursor:
             break
-    return items
+    return responses
+
+
+def log_interactions(channel: grpc.Channel, user_id: str, page: feed_pb2.GetFeedResponse,
+                     api_key: str) -> feed_pb2.LogEventsResponse:
+    """Report what the app showed of `page` (an impression per item) and a click on its first item,
+    as an app would after rendering it; print the server's acknowledgement."""
+    items, request_id = list(page.items), page.request_id
+    events = [feed_pb2.Event(user_id=user_id, item_id=i.item_id, content_type=i.content_type, event="impression",
+                             request_id=request_id, position=i.position, source=i.source) for i in items]
+    if items:
+        first = items[0]
+        events.append(feed_pb2.Event(user_id=user_id, item_id=first.item_id, content_type=first.content_type,
+                                     event="click", request_id=request_id, position=first.position,
+                                     source=first.source))
+    ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter(events), metadata=[("x-api-key", api_key)],
+                                                           timeout=10.0)
+    print(f"logged for user {user_id}: {ack.accepted} events {dict(ack.by_event)} (durable, seq {ack.last_seq})")
+    return ack

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import dataclasses
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -53,6 +55,9 @@ class FeedRequest:
     arm: str = ""  # the experiment arm serving this request (cursors are only valid within it)
     value_weights: dict[str, float] | None = None  # the arm's; None: the server's for the surface
     blend: BlendConfig | None = None  # the arm's; None: the server's
+    # Logged impressions: items shown before this session started are filtered out. A session's
+    # pages all use its first page's time, so items logged meanwhile never shift later pages.
+    recently_seen: RecentlySeen | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,25 +80,53 @@ class FeedPage:
     degraded: tuple[str, ...] = ()  # components that failed and were replaced by a fallback
 
 
-def encode_cursor(user_id: str, offset: int, version: str) -> str:
-    raw = json.dumps({"u": user_id, "o": offset, "v": version}, separators=(",", ":")).encode()
+def encode_cursor(user_id: str, offset: int, version: str, started_ms: int = 0) -> str:
+    raw = json.dumps({"u": user_id, "o": offset, "v": version, "t": started_ms}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_cursor(cursor: str, user_id: str, version: str) -> int:
-    """The offset in the ranked feed a cursor points to."""
+def decode_cursor(cursor: str, user_id: str, version: str) -> tuple[int, int]:
+    """The offset in the ranked feed a cursor points to, and when its session's first page was
+    served (ms; 0 for the first page, which starts a session)."""
     if not cursor:
-        return 0
+        return 0, 0
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        offset, owner, issued_by = int(data["o"]), data["u"], data["v"]
+        offset, owner, issued_by, started = int(data["o"]), data["u"], data["v"], int(data.get("t", 0))
     except (binascii.Error, ValueError, KeyError, TypeError) as e:
         raise CursorError("cursor is malformed: pass back the next_cursor of the previous page") from e
     if owner != user_id or offset < 0:
         raise CursorError(f"cursor was issued for another user, not {user_id!r}")
     if issued_by != version:
         raise CursorError("cursor was issued by an earlier model version: start again without a cursor")
-    return offset
+    return offset, started
+
+
+class RecentlySeen:
+    """Items each user was shown lately (from logged impressions), kept `ttl_s` and at most
+    `max_per_user` per user; the feed filters them out. Thread-safe."""
+
+    def __init__(self, ttl_s: float = 7 * 86_400, max_per_user: int = 1_000) -> None:
+        self.ttl_ms = int(ttl_s * 1000)
+        self.max_per_user = max_per_user
+        self._lock = threading.Lock()
+        self._shown: dict[str, collections.OrderedDict[str, int]] = {}
+
+    def add(self, user_id: str, item_id: str, ts_ms: int) -> None:
+        with self._lock:
+            shown = self._shown.setdefault(user_id, collections.OrderedDict())
+            shown.pop(item_id, None)
+            shown[item_id] = ts_ms
+            while len(shown) > self.max_per_user:
+                shown.popitem(last=False)
+
+    def before(self, user_id: str, ts_ms: int) -> frozenset[str]:
+        """Items shown to the user before `ts_ms` and within the TTL of it."""
+        with self._lock:
+            shown = self._shown.get(user_id)
+            if not shown:
+                return frozenset()
+            return frozenset(i for i, t in shown.items() if ts_ms - self.ttl_ms <= t < ts_ms)
 
 
 class FeedPipeline:
@@ -185,9 +218,12 @@ class FeedPipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         version = f"{self.model_version}|{request.arm}"
-        offset = decode_cursor(request.cursor, request.user_id, version)
+        offset, started_ms = decode_cursor(request.cursor, request.user_id, version)
+        started_ms = started_ms or int(time.time() * 1000)
         history = self.histories.get(request.user_id, np.zeros(0, np.int64))
         seen = self.seen.get(request.user_id, frozenset())
+        if request.recently_seen is not None:
+            seen = seen | request.recently_seen.before(request.user_id, started_ms)
 
         # 1. candidate sources (a cold user has no history: the fallback fills the list)
         found = self.candidates.generate(UserState(request.user_id, history, seen))
@@ -219,7 +255,7 @@ class FeedPipeline:
                 position=position,
             ))
         end = offset + len(page)
-        next_cursor = encode_cursor(request.user_id, end, version) if end < len(order) else ""
+        next_cursor = encode_cursor(request.user_id, end, version, started_ms) if end < len(order) else ""
         timings["total"] = _lap(t0)
         return FeedPage(items, next_cursor, self.model_version, timings, degraded)
 

@@ -21,7 +21,7 @@ from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
 from serving.experiments import ExperimentStore
 from serving.metrics import ServiceMetrics
-from serving.pipeline import CursorError, FeedPipeline, FeedRequest
+from serving.pipeline import CursorError, FeedPipeline, FeedRequest, RecentlySeen
 
 logger = logging.getLogger(__name__)
 EVENT_TYPES = ("impression", "click", "like", "follow", "share", "dwell", "watch", "hide", "report")
@@ -41,6 +41,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self.metrics = metrics or ServiceMetrics()
         self.health = health
         self._component_ok: dict[str, bool] = {}
+        self.recently_seen = RecentlySeen()  # outlives model reloads
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         with self.metrics.observe("GetFeed", context):
@@ -68,6 +69,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             page = self.pipeline.get_feed(FeedRequest(
                 user_id=request.user_id, page_size=request.page_size, cursor=request.cursor,
                 surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
+                recently_seen=self.recently_seen,
             ))
         except CursorError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -102,6 +104,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                               "logged; send them in smaller streams")
             records.append(self._record(index, event, context))
         last_seq = self.event_log.append(records)
+        received = now_ms()  # the server's clock, which sessions are timed by (not the client's)
+        for r in records:  # only after the append: what is filtered is what is logged
+            if r["event"] == "impression":
+                self.recently_seen.add(r["user_id"], r["item_id"], received)
         counts = Counter(r["event"] for r in records)
         for event, n in counts.items():
             self.metrics.events.labels(event).inc(n)

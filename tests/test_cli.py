@@ -93,8 +93,18 @@ def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path):
         epochs = 1
         batch_size = 4096
         tasks = [{{ name = 'engage', event = 'rating' }}, {{ name = 'like', event = 'rating', threshold = 4.0 }}]
+        [serving]
+        api_keys = ['k']
     """))
     result = _feed("demo", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("feed for user") == 3  # two users, the first with two pages
     assert "movie" in result.stdout and "server stopped cleanly (exit code 0)" in result.stdout
+    # The app's side of the loop: each user's first page logged (10 impressions and a click), and
+    # the graceful stop flushed the log into Parquet, ready for `feed train ranker --from-logs`.
+    assert result.stdout.count("11 events") == 2
+    from serving.event_log import read_event_log
+
+    logged = read_event_log(tmp_path / "a" / "event_log")
+    assert logged.height == 22 and logged["request_id"].null_count() == 0
+    assert not list((tmp_path / "a" / "event_log").glob("wal-*"))

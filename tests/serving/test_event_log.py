@@ -197,3 +197,20 @@ def test_acknowledged_events_survive_kill_9(trained_engine, tmp_path):
     missing = acknowledged - set(logged["request_id"].to_list())
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:3]}"
     assert logged["seq"].is_unique().all()
+
+
+def test_logged_impressions_leave_the_next_session_but_not_the_current_one(logging_server):
+    stub, _, _ = logging_server
+
+    def page(cursor=""):
+        return stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=10, cursor=cursor), timeout=30)
+
+    first = page()
+    shown = [i.item_id for i in first.items]
+    stub.LogEvents(iter(_wire(i.position, user_id="5", item_id=i.item_id, event="impression",
+                              request_id=first.request_id) for i in first.items),
+                   metadata=[("x-api-key", KEY)], timeout=30)
+    second = page(first.next_cursor)  # the same session: the order does not shift under it
+    fresh = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=20), timeout=30)
+    assert [i.position for i in second.items] == list(range(10, 20))
+    assert not set(shown) & {i.item_id for i in fresh.items}
