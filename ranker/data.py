@@ -75,19 +75,9 @@ def examples_from_log(
         return RankerExamples(np.zeros(0, np.int64), np.zeros(0, np.int64),
                               np.zeros((0, spec.max_history), np.int64), np.zeros((0, len(tasks)), np.float32))
     keys = ["user_id", "item_id", "request_id"]
-    aggs = [pl.col("source").drop_nulls().first().alias("_source")]
-    for task in tasks:
-        match = pl.lit(True) if task.event == "*" else pl.col("event") == task.event
-        if task.event == "*":
-            match = pl.col("event") != "impression"
-        if task.kind == "binary":
-            if task.threshold is not None:
-                match = match & (pl.col("value") >= task.threshold)
-            aggs.append(match.any().cast(pl.Float32).alias(task.name))
-        elif task.kind == "count":
-            aggs.append(pl.col("value").fill_null(1.0).filter(match).sum().cast(pl.Float32).alias(task.name))
-        else:
-            aggs.append(pl.col("value").filter(match).mean().cast(pl.Float32).alias(task.name))
+    # An engagement implies the impression; a task on every event counts engagements only.
+    aggs = [pl.col("source").drop_nulls().first().alias("_source"),
+            *label_aggregations(tasks, any_event=pl.col("event") != "impression")]
     rows = served.group_by(keys, maintain_order=True).agg(aggs)
     labels = rows.select([t.name for t in tasks]).to_numpy().astype(np.float32)
     labels[:, unrecorded_tasks(served, tasks)] = np.nan
@@ -102,11 +92,15 @@ def examples_from_log(
     )
 
 
-def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataFrame:
-    """user_id, item_id and one label column per task, aggregated over each pair's events."""
+def label_aggregations(tasks: tuple[TaskConfig, ...], any_event: pl.Expr | None = None) -> list[pl.Expr]:
+    """One aggregation per task over a group's events: its label. `any_event` is what a task on
+    every event (``event = "*"``) counts (default: every event)."""
     aggs = []
     for task in tasks:
-        match = pl.lit(True) if task.event == "*" else pl.col("event") == task.event
+        if task.event == "*":
+            match = any_event if any_event is not None else pl.lit(True)
+        else:
+            match = pl.col("event") == task.event
         if task.kind == "binary":
             if task.threshold is not None:
                 match = match & (pl.col("value") >= task.threshold)
@@ -115,7 +109,12 @@ def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataF
             aggs.append(pl.col("value").fill_null(1.0).filter(match).sum().cast(pl.Float32).alias(task.name))
         else:
             aggs.append(pl.col("value").filter(match).mean().cast(pl.Float32).alias(task.name))
-    return events.group_by("user_id", "item_id").agg(aggs)
+    return aggs
+
+
+def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataFrame:
+    """user_id, item_id and one label column per task, aggregated over each pair's events."""
+    return events.group_by("user_id", "item_id").agg(label_aggregations(tasks))
 
 
 def make_examples(
