@@ -159,6 +159,9 @@ class ServingConfig:
     experiments_file: str = ""  # an A/B experiment (serving.experiments); re-read when it changes
     metrics_port: int = -1  # Prometheus /metrics on this port (0: a free one); -1: off
     reload_interval_s: float = 5.0  # poll for new models / index this often and swap them in live; 0: off
+    # torch threads per request: requests run in parallel on the gRPC workers, so intra-op threads
+    # on top of them oversubscribe the cores (1 measured best on 2 cores, benchmarks/serving_load.py).
+    torch_threads: int = 1
     max_request_bytes: int = 4 << 20  # larger requests get RESOURCE_EXHAUSTED
 
     def weights_for(self, surface: str) -> dict[str, float]:

@@ -13,6 +13,7 @@ from concurrent import futures
 from typing import NamedTuple
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -70,6 +71,7 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     requests finish, the event log is flushed into Parquet. New models and indexes written under
     `engine.artifacts_dir` are picked up live (`serving.reloader`)."""
     config = engine.serving
+    torch.set_num_threads(config.torch_threads)
     running = create_server(config, pipeline, event_log)
     server, port, health_servicer = running.server, running.port, running.health
     server.start()
