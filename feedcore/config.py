@@ -29,6 +29,10 @@ class TaskConfig:
         weight: its weight in the training loss.
         event: the event type whose presence (binary) or value (regression) is the label.
         threshold: for binary tasks on valued events: positive when value >= threshold.
+        below: for binary tasks on valued events: positive when value <= below (a dislike:
+            ``{ name = "dislike", event = "rating", below = 2.0 }``).
+        column: the events column the value is read from (``value``, or a dataset's own column
+            such as Ciao's ``helpfulness``).
     """
 
     name: str
@@ -36,6 +40,8 @@ class TaskConfig:
     weight: float = 1.0
     event: str = "*"
     threshold: float | None = None
+    below: float | None = None
+    column: str = "value"
 
 
 @dataclasses.dataclass(frozen=True)

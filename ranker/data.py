@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from feedcore.config import TaskConfig
+from feedcore.errors import DataError
 from feedcore.features import FeatureSpec, histories_before_each_event, pad_histories
 
 
@@ -75,12 +76,15 @@ def examples_from_log(
         return RankerExamples(np.zeros(0, np.int64), np.zeros(0, np.int64),
                               np.zeros((0, spec.max_history), np.int64), np.zeros((0, len(tasks)), np.float32))
     keys = ["user_id", "item_id", "request_id"]
-    # An engagement implies the impression; a task on every event counts engagements only.
+    # An engagement implies the impression; a task on every event counts engagements only. A task
+    # reading a column the log does not have (a dataset's own, like helpfulness) is unrecorded here.
+    logged = tuple(dataclasses.replace(t, column="value") if t.column not in served.columns else t for t in tasks)
     aggs = [pl.col("source").drop_nulls().first().alias("_source"),
-            *label_aggregations(tasks, any_event=pl.col("event") != "impression")]
+            *label_aggregations(logged, any_event=pl.col("event") != "impression")]
     rows = served.group_by(keys, maintain_order=True).agg(aggs)
     labels = rows.select([t.name for t in tasks]).to_numpy().astype(np.float32)
     labels[:, unrecorded_tasks(served, tasks)] = np.nan
+    labels[:, [t for t, task in enumerate(tasks) if task.column not in served.columns]] = np.nan
     source_ids = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
     return RankerExamples(
         user=spec.users.encode(rows["user_id"]),
@@ -101,19 +105,30 @@ def label_aggregations(tasks: tuple[TaskConfig, ...], any_event: pl.Expr | None 
             match = any_event if any_event is not None else pl.lit(True)
         else:
             match = pl.col("event") == task.event
+        value = pl.col(task.column).cast(pl.Float64)
         if task.kind == "binary":
             if task.threshold is not None:
-                match = match & (pl.col("value") >= task.threshold)
+                match = match & (value >= task.threshold)
+            if task.below is not None:
+                match = match & (value <= task.below)
             aggs.append(match.any().cast(pl.Float32).alias(task.name))
         elif task.kind == "count":  # the summed value (1 per event without one), 0 when none matches
-            aggs.append(pl.col("value").fill_null(1.0).filter(match).sum().cast(pl.Float32).alias(task.name))
+            aggs.append(value.fill_null(1.0).filter(match).sum().cast(pl.Float32).alias(task.name))
         else:
-            aggs.append(pl.col("value").filter(match).mean().cast(pl.Float32).alias(task.name))
+            aggs.append(value.filter(match).mean().cast(pl.Float32).alias(task.name))
     return aggs
+
+
+def _check_columns(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> None:
+    for task in tasks:
+        if task.column not in events.columns:
+            raise DataError("<events>", f"ranker task {task.name!r} reads its value from a column the events lack",
+                            column=task.column, expected=f"one of {events.columns}")
 
 
 def pair_labels(events: pl.DataFrame, tasks: tuple[TaskConfig, ...]) -> pl.DataFrame:
     """user_id, item_id and one label column per task, aggregated over each pair's events."""
+    _check_columns(events, tasks)
     return events.group_by("user_id", "item_id").agg(label_aggregations(tasks))
 
 

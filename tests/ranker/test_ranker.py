@@ -273,3 +273,18 @@ def test_count_tasks_learn_the_expected_count_with_a_poisson_loss():
                            "value": [2.0, 3.0, None]})
     labels = {r["user_id"]: r["plays"] for r in pair_labels(events, args.tasks).iter_rows(named=True)}
     assert labels == {"u": 5.0, "v": 0.0}
+
+
+def test_dislike_and_dataset_column_tasks():
+    import polars as pl
+
+    from feedcore.errors import DataError
+
+    events = pl.DataFrame({"user_id": ["u", "v", "w"], "item_id": ["a", "a", "a"], "event": ["rating"] * 3,
+                           "value": [1.0, 3.0, 5.0], "helpfulness": [2, None, 6]})
+    tasks = (TaskConfig("dislike", "binary", 1, "rating", below=2.0),
+             TaskConfig("helpfulness", "regression", 0.1, "rating", column="helpfulness"))
+    labels = {r["user_id"]: (r["dislike"], r["helpfulness"]) for r in pair_labels(events, tasks).iter_rows(named=True)}
+    assert labels == {"u": (1.0, 2.0), "v": (0.0, None), "w": (0.0, 6.0)}
+    with pytest.raises(DataError, match="helpfulness"):
+        pair_labels(events.drop("helpfulness"), tasks)
