@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import auc
+from evaluation.metrics import auc, gauc, hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.config import RankerConfig, TaskConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
@@ -75,16 +75,16 @@ def score(model, spec, feats, train: pl.DataFrame, test: pl.DataFrame, cands: np
 
 
 def metrics(scores: np.ndarray) -> dict[str, float]:
-    """Column 0 is the target."""
-    target = scores[:, :1]
-    above = (scores[:, 1:] > target).sum(1) + 0.5 * (scores[:, 1:] == target).sum(1)  # ties: half
+    """Column 0 is the target; GAUC groups by test row (ties count against the target in ranks)."""
     labels = np.zeros_like(scores)
     labels[:, 0] = 1
+    rows = np.repeat(np.arange(len(scores)), scores.shape[1])
+    ranks = rank_of_target(scores, np.zeros(len(scores), np.int64))
     return {
         "auc": auc(labels.reshape(-1), scores.reshape(-1)),
-        "gauc": float(np.mean(1 - above / (scores.shape[1] - 1))),
-        "hr@10": float(np.mean(above < 10)),
-        "ndcg@10": float(np.mean(np.where(above < 10, 1 / np.log2(np.floor(above) + 2), 0.0))),
+        "gauc": gauc(rows, labels.reshape(-1), scores.reshape(-1)),
+        "hr@10": hit_rate_at_k(ranks, 10),
+        "ndcg@10": ndcg_at_k(ranks, 10),
         "rows": float(len(scores)),
     }
 

@@ -25,6 +25,7 @@ import polars as pl
 from feedcore.config import TaskConfig
 from feedcore.errors import DataError
 from feedcore.features import FeatureSpec, histories_before_each_event, pad_histories
+from ranker.model import SOURCE_IDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +70,6 @@ def examples_from_log(
     the engagements on it. Impressions nobody engaged with are the real negatives that datasets
     lack. The candidate source is the one logged; the history is the user's in `histories`.
     """
-    from ranker.model import CANDIDATE_SOURCES
-
     served = log.filter(pl.col("request_id").is_not_null())
     if served.height == 0:
         return RankerExamples(np.zeros(0, np.int64), np.zeros(0, np.int64),
@@ -85,14 +84,13 @@ def examples_from_log(
     labels = rows.select([t.name for t in tasks]).to_numpy().astype(np.float32)
     labels[:, unrecorded_tasks(served, tasks)] = np.nan
     labels[:, [t for t, task in enumerate(tasks) if task.column not in served.columns]] = np.nan
-    source_ids = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
     return RankerExamples(
         user=spec.users.encode(rows["user_id"]),
         item=spec.items.encode(rows["item_id"]),
         history=pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in rows["user_id"].to_list()],
                               spec.max_history),
         labels=labels,
-        source=np.array([source_ids.get(s, 0) for s in rows["_source"].to_list()], np.int64),
+        source=np.array([SOURCE_IDS.get(s, 0) for s in rows["_source"].to_list()], np.int64),
     )
 
 

@@ -30,6 +30,7 @@ SPARSE_FEATURES = ("user_id", "item_id", "history", "content_type", "category", 
 # examples built from datasets have no source ("unknown"); examples rebuilt from served logs carry
 # the logged one, so the ranker can learn how much each source's candidates are worth.
 CANDIDATE_SOURCES = ("unknown", "ann", "social", "follow", "popular", "generated")
+SOURCE_IDS = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
 DENSE_FEATURES = ("item_popularity", "user_activity")
 
 

@@ -94,6 +94,7 @@ class EventLog:
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # the open file, sequence numbers
         self._sync_lock = threading.Lock()  # one fsync at a time
+        self._convert_lock = threading.Lock()  # one conversion of closed segments at a time
         self.dropped_at_recovery = self._recover()
         self._next_seq = self._last_seq() + 1
         self._written = self._durable = self._next_seq - 1
@@ -142,9 +143,10 @@ class EventLog:
                 self._segment += 1
                 self._file = open(self._segment_path(self._segment), "ab")  # noqa: SIM115
             open_segment = self._segment
-        for path in self._segments():
-            if int(_SEGMENT.match(path.name).group(1)) < open_segment:
-                self._convert(path)
+        with self._convert_lock:  # two threads rotating at once must not convert one segment twice
+            for path in self._segments():
+                if int(_SEGMENT.match(path.name).group(1)) < open_segment:
+                    self._convert(path)
 
     def close(self) -> None:
         """Flush, fsync and convert everything to Parquet (graceful shutdown)."""
@@ -155,8 +157,9 @@ class EventLog:
             self._durable = self._written
             self._file.close()
             self.closed = True
-        for path in self._segments():
-            self._convert(path)
+        with self._convert_lock:
+            for path in self._segments():
+                self._convert(path)
 
     # -- recovery and conversion --------------------------------------------------------------
     def _recover(self) -> int:

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from feedcore.config import BlendConfig, from_dict
@@ -93,17 +94,31 @@ def load_experiment(path: str | Path) -> Experiment:
 class ExperimentStore:
     """The experiment in force, re-read from `path` when the file changes (no restart)."""
 
-    def __init__(self, path: str | Path | None, check_every_s: float = 1.0) -> None:
+    def __init__(self, path: str | Path | None, check_every_s: float = 1.0,
+                 validate: Callable[[Experiment], None] | None = None) -> None:
+        """`validate` raises ValueError for an experiment the server cannot run (e.g. an arm's
+        value weights naming a task the ranker does not predict): refused at startup, and on
+        reload the last good experiment stays."""
         self.path = Path(path) if path else None
         self.check_every_s = check_every_s
+        self.validate = validate
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._checked = 0.0
         self.experiment = DEFAULT_EXPERIMENT
         self.last_error: str | None = None
         if self.path is not None:
-            self.experiment = load_experiment(self.path)  # at startup a bad file is an error
+            self.experiment = self._load()  # at startup a bad file is an error
             self._mtime = self.path.stat().st_mtime
+
+    def _load(self) -> Experiment:
+        experiment = load_experiment(self.path)
+        if self.validate is not None:
+            try:
+                self.validate(experiment)
+            except ValueError as e:
+                raise DataError(self.path, str(e)) from e
+        return experiment
 
     def current(self) -> Experiment:
         if self.path is None:
@@ -128,7 +143,7 @@ class ExperimentStore:
             return
         self._mtime = mtime
         try:
-            experiment = load_experiment(self.path)
+            experiment = self._load()
         except (DataError, ValueError) as e:
             self.last_error = f"experiment file rejected, keeping {self.experiment.name!r}: {e}"
             logger.error(self.last_error)

@@ -31,15 +31,15 @@ from feedcore.features import (
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from ranker.batching import ranker_inputs
 from ranker.blender import blend
-from ranker.model import CANDIDATE_SOURCES, MultiTaskRanker, quantize_for_serving
+from ranker.model import SOURCE_IDS, MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
 from retrieval.embed import embed_items
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
+from serving.event_log import now_ms
 
 logger = logging.getLogger(__name__)
-SOURCE_IDS = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
 
 
 class CursorError(ValueError):
@@ -219,7 +219,7 @@ class FeedPipeline:
         t0 = time.perf_counter()
         version = f"{self.model_version}|{request.arm}"
         offset, started_ms = decode_cursor(request.cursor, request.user_id, version)
-        started_ms = started_ms or int(time.time() * 1000)
+        started_ms = started_ms or now_ms()
         history = self.histories.get(request.user_id, np.zeros(0, np.int64))
         seen = self.seen.get(request.user_id, frozenset())
         if request.recently_seen is not None:

@@ -48,10 +48,11 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
     )
-    experiments = ExperimentStore(config.experiments_file or None)  # a bad file refuses to start
     metrics = ServiceMetrics()
     health_servicer = health.HealthServicer()
-    servicer = FeedServicer(pipeline, config, event_log, experiments, metrics, health_servicer)
+    servicer = FeedServicer(pipeline, config, event_log, None, metrics, health_servicer)
+    # A bad experiment file (or one the served ranker cannot run) refuses to start.
+    servicer.experiments = ExperimentStore(config.experiments_file or None, validate=servicer.check_experiment)
     feed_pb2_grpc.add_FeedServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -19,7 +19,7 @@ from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
-from serving.experiments import ExperimentStore
+from serving.experiments import Experiment, ExperimentStore
 from serving.metrics import ServiceMetrics
 from serving.pipeline import CursorError, FeedPipeline, FeedRequest, RecentlySeen
 
@@ -35,7 +35,6 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                  health: HealthServicer | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
-        self.max_page_size = config.max_page_size
         self.event_log = event_log
         self.experiments = experiments or ExperimentStore(None)
         self.metrics = metrics or ServiceMetrics()
@@ -55,9 +54,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         request_id = uuid.uuid4().hex
         if not request.user_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
-        if not 1 <= request.page_size <= self.max_page_size:
+        if not 1 <= request.page_size <= self.config.max_page_size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"page_size must be 1..{self.max_page_size}, got {request.page_size}")
+                          f"page_size must be 1..{self.config.max_page_size}, got {request.page_size}")
         experiment = self.experiments.current()
         forced = request.experiment_overrides.get(experiment.name)
         try:
@@ -112,6 +111,15 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         for event, n in counts.items():
             self.metrics.events.labels(event).inc(n)
         return feed_pb2.LogEventsResponse(accepted=len(records), by_event=dict(counts), last_seq=last_seq)
+
+    def check_experiment(self, experiment: Experiment) -> None:
+        """ValueError if an arm weights a task the served ranker does not predict."""
+        predicted = set(self.pipeline.ranker.task_names)
+        for arm in experiment.arms:
+            missing = sorted(set(arm.value_weights or {}) - predicted)
+            if missing:
+                raise ValueError(f"experiment {experiment.name!r} arm {arm.name!r}: value_weights name task(s) "
+                                 f"{missing} that the ranker does not predict ({sorted(predicted)})")
 
     def report_component(self, component: str, ok: bool) -> None:
         """Health of one component, as the health service's `feed.v1.FeedService/<component>`:

@@ -113,3 +113,20 @@ def test_arms_are_served_overridden_and_reloaded_live(experiment_server):
     while get().experiment_arm != "exp/control":
         assert time.time() < deadline, "the experiment file was not reloaded"
         time.sleep(0.2)
+
+
+def test_an_arm_weighting_an_unknown_task_is_refused_and_the_last_good_experiment_stays(tmp_path):
+    def validate(experiment):
+        for arm in experiment.arms:
+            if set(arm.value_weights or {}) - {"engage", "like"}:
+                raise ValueError(f"arm {arm.name!r} weights a task the ranker does not predict")
+
+    path = tmp_path / "exp.toml"
+    _write(path, TWO_ARMS.replace("{ engage = 1.0 }", "{ follow = 1.0 }"), 1_000)
+    with pytest.raises(DataError, match="arm 'engage-only' weights a task"):
+        ExperimentStore(path, validate=validate)
+    _write(path, TWO_ARMS, 2_000)
+    store = ExperimentStore(path, check_every_s=0, validate=validate)
+    _write(path, TWO_ARMS.replace("{ engage = 1.0 }", "{ follow = 1.0 }"), 3_000)
+    assert store.current().arm("engage-only").value_weights == {"engage": 1.0}
+    assert "does not predict" in store.last_error
