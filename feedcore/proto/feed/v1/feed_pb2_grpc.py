@@ -45,6 +45,11 @@ class FeedServiceStub:
                 request_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.SerializeToString,
                 response_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamPost = channel.unary_stream(
+                '/feed.v1.FeedService/StreamPost',
+                request_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.StreamPostRequest.SerializeToString,
+                response_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.PostChunk.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -67,6 +72,15 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPost(self, request, context):
+        """A post written for the user now by the generative module, streamed token by token (for
+        interactive use; GetFeed never waits for generation and serves posts written ahead of time).
+        The last message carries the checked post and its provenance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.LogEvents,
                     request_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.FromString,
                     response_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.SerializeToString,
+            ),
+            'StreamPost': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamPost,
+                    request_deserializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.StreamPostRequest.FromString,
+                    response_serializer=feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.PostChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +155,33 @@ class FeedService:
             '/feed.v1.FeedService/LogEvents',
             feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.Event.SerializeToString,
             feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.LogEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/feed.v1.FeedService/StreamPost',
+            feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.StreamPostRequest.SerializeToString,
+            feedcore_dot_proto_dot_feed_dot_v1_dot_feed__pb2.PostChunk.FromString,
             options,
             channel_credentials,
             insecure,
