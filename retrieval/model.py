@@ -177,6 +177,22 @@ class TwoTower(nn.Module):
         out = self.item_tower(id_row, self.content_type[item], self.category_values[index], offsets, text)
         return self._normalize(out)
 
+    def content_embeddings(
+        self,
+        content_type: torch.Tensor,  # (n,) content-type indices (0: a type the model never saw)
+        category_values: torch.Tensor,  # (C,) category indices of all n items, concatenated
+        category_offsets: torch.Tensor,  # (n,) where each item's categories start
+        text: torch.Tensor | None = None,  # (n, X) text embeddings, when the model has text features
+    ) -> torch.Tensor:
+        """(n, D) embeddings of items that are not in the vocabulary (a generated post, a new upload),
+        from their content alone, through the shared "unknown" id row the content path trained with."""
+        if self.text is not None and text is None:
+            text = torch.zeros(len(content_type), self.args.text_dim, device=content_type.device)
+        unknown = torch.zeros_like(content_type)
+        out = self.item_tower(unknown, content_type, category_values, category_offsets,
+                              text if self.text is not None else None)
+        return self._normalize(out)
+
     def embed_history(self, history: torch.Tensor) -> torch.Tensor:
         """(B, L, D) item embeddings of a padded history (B, L); each distinct item embedded once."""
         unique, inverse = torch.unique(history, return_inverse=True)

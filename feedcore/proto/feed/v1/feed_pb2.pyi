@@ -37,7 +37,7 @@ class GetFeedRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., surface: _Optional[str] = ..., page_size: _Optional[int] = ..., cursor: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., experiment_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FeedItem(_message.Message):
-    __slots__ = ("item_id", "content_type", "score", "task_scores", "source", "explanation", "position", "title", "propensity", "provenance")
+    __slots__ = ("item_id", "content_type", "score", "task_scores", "source", "explanation", "position", "title", "propensity", "provenance", "text")
     class TaskScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class FeedItem(_message.Message):
     TITLE_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     content_type: str
     score: float
@@ -65,7 +66,8 @@ class FeedItem(_message.Message):
     title: str
     propensity: float
     provenance: Provenance
-    def __init__(self, item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., score: _Optional[float] = ..., task_scores: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ..., explanation: _Optional[str] = ..., position: _Optional[int] = ..., title: _Optional[str] = ..., propensity: _Optional[float] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., score: _Optional[float] = ..., task_scores: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ..., explanation: _Optional[str] = ..., position: _Optional[int] = ..., title: _Optional[str] = ..., propensity: _Optional[float] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("source_item_ids", "model_version", "prompt_version", "method")
