@@ -193,3 +193,19 @@ def test_metrics_per_content_type():
                                    groups=np.array(["movie", "movie", "post"]))
     assert metrics["hr@1"] == pytest.approx(1 / 3) and metrics["movie/hr@2"] == 1.0
     assert metrics["post/hr@2"] == 0.0 and metrics["post/users"] == 1.0
+
+
+def test_content_embeddings_of_a_new_item_match_an_untrained_catalogue_item():
+    """An item outside the vocabulary (a generated post) embeds exactly as a catalogue item that
+    has no trained id row and the same content."""
+    torch.manual_seed(0)
+    model = _tiny_model("mean").eval()  # popularity 0 everywhere: every item uses the unknown id row
+    items = torch.tensor([4, 7])
+    with torch.no_grad():
+        expected = model.item_embeddings(items)
+        got = model.content_embeddings(model.content_type[items], model.category_values[items],
+                                       torch.tensor([0, 1]))
+        other = model.content_embeddings(model.content_type[items], model.category_values[items.flip(0)],
+                                         torch.tensor([0, 1]))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(other, expected)  # the content is what it is embedded from
