@@ -106,18 +106,115 @@ def build_feature_spec(items: pl.DataFrame, users: pl.DataFrame, max_history: in
 
 
 @dataclasses.dataclass(frozen=True)
+class ItemContent:
+    """What a model reads about B items besides their ids, one row per item.
+
+    content_type: (B,) int64.  category_lengths: (B,) and category_values: (sum of lengths,) int64,
+    row by row.  popularity: (B,) float32 log1p training event count.  created_at: (B,) float64
+    unix seconds, NaN = unknown.  text: (B, X) float32 title embeddings (zeros = no text), or None
+    when the features carry no text.
+    """
+
+    content_type: np.ndarray
+    category_lengths: np.ndarray
+    category_values: np.ndarray
+    popularity: np.ndarray
+    created_at: np.ndarray
+    text: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.content_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewItems:
+    """Content supplied by the caller for candidates outside the item vocabulary (generated posts).
+
+    Their item index is 0 (unknown), so the model knows them by content alone: content type,
+    categories, text and age. A content type outside the training vocabulary (``generated`` is
+    in none) is encoded as 0, the unknown row, like any unseen id. Popularity is 0 (no events).
+
+    Args:
+        rows: (M,) positions, in the batch being scored, of the new items.
+        content_type: (M,) content-type indices (`FeatureSpec.content_types`; 0 = unseen type).
+        category_lengths: (M,) and category_values: (sum,) category indices, row by row.
+        text: optional (M, X) text embeddings (`feedcore.text.embed_texts`); None = no text.
+        created_at: optional (M,) unix seconds; None = unknown age.
+
+    Example:
+        >>> feats = ItemFeatures(np.array([0, 1, 1]), np.array([0, 0, 1, 3]), np.array([2, 1, 3]), np.zeros(3, "float32"))
+        >>> new = NewItems.from_source_items(np.array([1]), [np.array([1, 2])], feats)
+        >>> new.category_values.tolist(), feats.content(np.array([2, 0]), new).category_lengths.tolist()
+        ([1, 2, 3], [2, 3])
+    """
+
+    rows: np.ndarray
+    content_type: np.ndarray
+    category_lengths: np.ndarray
+    category_values: np.ndarray
+    text: np.ndarray | None = None
+    created_at: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        m = len(self.rows)
+        if len(self.content_type) != m or len(self.category_lengths) != m:
+            raise ValueError(f"NewItems: {m} rows but {len(self.content_type)} content types and "
+                             f"{len(self.category_lengths)} category lists")
+        if int(self.category_lengths.sum()) != len(self.category_values):
+            raise ValueError("NewItems: category_lengths do not add up to len(category_values)")
+        for name in ("text", "created_at"):
+            value = getattr(self, name)
+            if value is not None and len(value) != m:
+                raise ValueError(f"NewItems: {m} rows but {len(value)} {name} rows")
+
+    @classmethod
+    def from_source_items(
+        cls,
+        rows: np.ndarray,
+        source_items: list[np.ndarray],
+        item_features: ItemFeatures,
+        *,
+        content_type: int | np.ndarray = UNKNOWN,
+        text: np.ndarray | None = None,
+        created_at: np.ndarray | None = None,
+    ) -> NewItems:
+        """New items that inherit the categories of the items they were made from (a generated
+        post of its source items): the sorted union of those items' categories.
+
+        Args:
+            rows: (M,) positions in the batch.
+            source_items: M arrays of item indices, the sources of each new item.
+            content_type: one index for all, or (M,); default unknown (the ``generated`` type).
+        """
+        cats = []
+        for sources in source_items:
+            _, values = item_features.categories_of(np.asarray(sources, np.int64))
+            cats.append(np.unique(values))
+        lengths = np.array([len(c) for c in cats], np.int64)
+        values = np.concatenate(cats or [np.zeros(0, np.int64)]).astype(np.int64)
+        rows = np.asarray(rows, np.int64)
+        return cls(rows, np.broadcast_to(np.asarray(content_type, np.int64), rows.shape).copy(), lengths, values,
+                   text, None if created_at is None else np.asarray(created_at, np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
 class ItemFeatures:
     """Per-item model inputs aligned with the item vocabulary (row i = item index i; row 0 unknown).
 
     content_type: (N,) int64.  categories: CSR form, values of item i in
     category_values[category_offsets[i]:category_offsets[i+1]].  popularity: (N,) float32 log1p
-    count of training events.
+    count of training events.  created_at: optional (N,) float64 unix seconds (the catalogue's
+    ``created_at``, else the item's first training event; NaN = unknown).  text: optional (N, X)
+    float16 title embeddings (zeros for items without a title), float16 so the copy saved with a
+    checkpoint is half the size and training reads exactly what serving reads.
     """
 
     content_type: np.ndarray
     category_offsets: np.ndarray
     category_values: np.ndarray
     popularity: np.ndarray
+    created_at: np.ndarray | None = None
+    text: np.ndarray | None = None
 
     def categories_of(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (B,) and concatenated values of the categories of `item_index` (B,)."""
@@ -127,9 +224,47 @@ class ItemFeatures:
                                 or [np.zeros(0, np.int64)])
         return lengths.astype(np.int64), values.astype(np.int64)
 
+    def content(self, item_index: np.ndarray, new_items: NewItems | None = None) -> ItemContent:
+        """The content of B rows: looked up for items of the vocabulary, taken from `new_items`
+        for the rows it names (whose item index must be 0, unknown)."""
+        item_index = np.asarray(item_index, np.int64)
+        b = len(item_index)
+        content_type = self.content_type[item_index].astype(np.int64)
+        lengths, values = self.categories_of(item_index)
+        popularity = self.popularity[item_index].astype(np.float32)
+        created_at = (np.full(b, np.nan) if self.created_at is None else self.created_at[item_index].astype(np.float64))
+        text = None if self.text is None else self.text[item_index].astype(np.float32)
+        if new_items is None or len(new_items.rows) == 0:
+            return ItemContent(content_type, lengths, values, popularity, created_at, text)
+        rows = new_items.rows
+        if (item_index[rows] != UNKNOWN).any():
+            raise ValueError("NewItems rows must have item index 0 (unknown): a vocabulary item has its own content")
+        content_type[rows] = new_items.content_type
+        popularity[rows] = 0.0
+        created_at[rows] = np.nan if new_items.created_at is None else new_items.created_at
+        if text is not None:
+            text[rows] = 0.0 if new_items.text is None else new_items.text
+        # Categories: row r's values come from the vocabulary or from new_items, in row order.
+        new_lengths = lengths.copy()
+        new_lengths[rows] = new_items.category_lengths
+        new_starts = np.zeros(b, np.int64)
+        new_starts[rows] = np.cumsum(new_items.category_lengths) - new_items.category_lengths
+        old_starts = np.cumsum(lengths) - lengths
+        is_new = np.zeros(b, bool)
+        is_new[rows] = True
+        parts = [new_items.category_values[new_starts[r] : new_starts[r] + new_lengths[r]] if is_new[r]
+                 else values[old_starts[r] : old_starts[r] + lengths[r]] for r in range(b)]
+        values = np.concatenate(parts or [np.zeros(0, np.int64)]).astype(np.int64)
+        return ItemContent(content_type, new_lengths, values, popularity, created_at, text)
 
-def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: FeatureSpec) -> ItemFeatures:
-    """Item inputs for every item of the vocabulary, in vocabulary order."""
+
+def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: FeatureSpec,
+                  text: np.ndarray | None = None) -> ItemFeatures:
+    """Item inputs for every item of the vocabulary, in vocabulary order.
+
+    Args:
+        text: optional (N, X) title embeddings in vocabulary order (`feedcore.text.item_text_embeddings`).
+    """
     n = len(spec.items)
     order = spec.items.encode(items["item_id"])
     content_type = np.zeros(n, np.int64)
@@ -140,8 +275,28 @@ def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: Feature
     lengths = np.array([len(c) for c in cat_lists], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.array([c for cats in cat_lists for c in cats], np.int64)
-    counts = np.bincount(spec.items.encode(train_events["item_id"]), minlength=n).astype(np.float32)
-    return ItemFeatures(content_type, offsets, values, np.log1p(counts))
+    train_index = spec.items.encode(train_events["item_id"])
+    counts = np.bincount(train_index, minlength=n).astype(np.float32)
+    return ItemFeatures(content_type, offsets, values, np.log1p(counts),
+                        created_at=item_created_at(items, train_events, spec, order, train_index),
+                        text=None if text is None else np.asarray(text, np.float16))
+
+
+def item_created_at(items: pl.DataFrame, train_events: pl.DataFrame, spec: FeatureSpec, order: np.ndarray,
+                    train_index: np.ndarray) -> np.ndarray:
+    """(N,) float64 unix seconds: the catalogue's ``created_at`` where set, else the item's first
+    training event; NaN where neither is known (no timestamps)."""
+    out = np.full(len(spec.items), np.nan)
+    if "ts" in train_events.columns and train_events["ts"].null_count() < train_events.height:
+        ts = train_events["ts"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        known = ~np.isnan(ts)
+        np.fmin.at(out, train_index[known], ts[known])
+    if "created_at" in items.columns:
+        created = items["created_at"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        known = ~np.isnan(created)
+        out[order[known]] = created[known]
+    out[UNKNOWN] = np.nan
+    return out
 
 
 def history_events(events: pl.DataFrame, event_types: tuple[str, ...]) -> pl.DataFrame:
@@ -212,7 +367,8 @@ def item_features_to_dict(features: ItemFeatures) -> dict[str, Any]:
     """Plain tensors, for saving inside a checkpoint (so serving uses training's exact features)."""
     import torch
 
-    return {f.name: torch.from_numpy(getattr(features, f.name)) for f in dataclasses.fields(features)}
+    return {f.name: torch.from_numpy(np.ascontiguousarray(getattr(features, f.name)))
+            for f in dataclasses.fields(features) if getattr(features, f.name) is not None}
 
 
 def item_features_from_dict(d: dict[str, Any]) -> ItemFeatures:

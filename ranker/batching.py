@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
 
-from feedcore.features import ItemFeatures
+from feedcore.features import ItemFeatures, NewItems
 from ranker.model import SPARSE_FEATURES
 
 
@@ -38,6 +38,8 @@ def ranker_inputs(
     labels: np.ndarray | None = None,
     source: np.ndarray | None = None,
     extra_dense: np.ndarray | None = None,
+    *,
+    new_items: NewItems | None = None,
 ) -> RankerBatch:
     """Model inputs for B (user, candidate item) rows.
 
@@ -51,22 +53,24 @@ def ranker_inputs(
             when not given.
         extra_dense: optional (B, X) dense inputs appended after `DENSE_FEATURES` (the model must
             be built with ``num_dense = len(DENSE_FEATURES) + X``).
+        new_items: content of the rows whose item is outside the vocabulary (item index 0), e.g.
+            generated posts; every other row's content is looked up in `item_features`.
     """
     b = len(item)
     hist_mask = history > 0
     hist_lengths = hist_mask.sum(1)
-    cat_lengths, cat_values = item_features.categories_of(item)
+    content = item_features.content(item, new_items)
     ones = np.ones(b, np.int64)
     if source is None:
         source = np.zeros(b, np.int64)
-    lengths = np.concatenate([ones, ones, hist_lengths, ones, cat_lengths, ones])
-    values = np.concatenate([user, item, history[hist_mask], item_features.content_type[item], cat_values, source])
+    lengths = np.concatenate([ones, ones, hist_lengths, ones, content.category_lengths, ones])
+    values = np.concatenate([user, item, history[hist_mask], content.content_type, content.category_values, source])
     sparse = KeyedJaggedTensor.from_lengths_sync(
         keys=list(SPARSE_FEATURES),
         values=torch.from_numpy(values.astype(np.int64)),
         lengths=torch.from_numpy(lengths.astype(np.int32)),
     )
-    dense = np.stack([item_features.popularity[item], np.log1p(hist_lengths).astype(np.float32)], axis=1)
+    dense = np.stack([content.popularity, np.log1p(hist_lengths).astype(np.float32)], axis=1)
     if extra_dense is not None:
         dense = np.concatenate([dense, extra_dense], axis=1)
     return RankerBatch(

@@ -23,6 +23,7 @@ from feedcore.errors import ArtifactError
 from feedcore.features import (
     FeatureSpec,
     ItemFeatures,
+    NewItems,
     history_events,
     item_features_from_dict,
     latest_histories,
@@ -260,13 +261,15 @@ class FeedPipeline:
         return FeedPage(items, next_cursor, self.model_version, timings, degraded)
 
     def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
-              candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float]):
-        """Task predictions, values and the blended order of the candidates."""
+              candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float],
+              new_items: NewItems | None = None):
+        """Task predictions, values and the blended order of the candidates; `new_items` carries
+        the content of candidates outside the vocabulary (generated posts, item index 0)."""
         t1 = time.perf_counter()
         user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
         hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
         source = np.array([SOURCE_IDS.get(candidates[i], 0) for i in item_ids], np.int64)
-        batch = ranker_inputs(user, item, hist, self.item_features, source=source)
+        batch = ranker_inputs(user, item, hist, self.item_features, source=source, new_items=new_items)
         timings["hydration"] = _lap(t1)
         t2 = time.perf_counter()
         preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
