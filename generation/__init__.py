@@ -1,8 +1,12 @@
-"""The generative module: posts written for a user, grounded in retrieved items (issue: generation).
+"""The generative module: short posts written for a user, grounded in the items the feed ranks
+highest for them, checked (grounding, guardrails) and cached ahead of time (issue: generation).
 
-Only the interface lives here for now; the feed calls no generator until a real one exists.
+The data path: `GenerationWorker` (worker.py) → `plan(user)` → `PostWriter.write` (writer.py):
+prompts (prompts.py) → `LanguageModel.generate` (llm.py) → `Catalog.check` / `repair` /
+`template_post` (grounding.py) → `Guardrails.check` (guardrails.py) → `Critic` (critic.py) →
+`PostCache` (cache.py), which GetFeed reads without waiting.
 """
 
-from generation.interface import GeneratedPost, PostGenerator, PostRequest
+from generation.interface import GeneratedPost, LanguageModel, PostGenerator, PostRequest, SourceItem
 
-__all__ = ["GeneratedPost", "PostGenerator", "PostRequest"]
+__all__ = ["GeneratedPost", "LanguageModel", "PostGenerator", "PostRequest", "SourceItem"]

