@@ -14,9 +14,12 @@ only when it reads as a title:
 - a title written in double quotes always counts;
 - a title with three or more content words (not stop words) counts in any case;
 - otherwise every content word must be capitalized as written in the text, and a one-word title
-  must not be the first word of a sentence ("Heat waves..." is not the film);
+  must not be the first word of a sentence ("Heat waves..." is not the film) unless its word has
+  five or more letters, is in at most `DISTINCTIVE_TITLES` catalog titles and is no common
+  sentence opener (`OPENERS`): "Jumanji is..." is the film;
 - one- or two-letter titles, numbers and stop-word-only titles ("Up", "1984", "It") count only
-  when quoted.
+  when quoted;
+- a short title inside a longer quoted name is part of that name ("Home" in "Buzz Goes Home").
 
 Title-like spans that match no catalog title are reported as unknown names: any quoted span that
 starts with a capital, and any run of two or more capitalized words (joined by at most "of",
@@ -32,6 +35,7 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import polars as pl
@@ -48,12 +52,16 @@ GENERIC = frozenset(
     "classic classics favorite favorites favourite favourites product products supplies office arts crafts "
     "title titles series collection season genre genres set".split())
 MIN_CASELESS_WORDS = 3  # titles with this many content words count however they are capitalized
+DISTINCTIVE_TITLES = 3  # a word of 5+ letters in at most this many titles is a name, wherever it stands
+# Words that open sentences of posts and are also (rare) one-word titles: never that title there.
+OPENERS = frozenset("about after again always because before check enjoy enjoyed every experience explore "
+                    "looking ready since start still there these those three watch whether while".split())
 NGRAM = 4  # a post repeats itself when a word 4-gram (titles count as one word) occurs twice
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|&")
 _QUOTES_OPEN = "\"“«*"
 _QUOTES_CLOSE = "\"”»*"
-_TITLE_EDGES = "'’*"
+_TITLE_EDGES = "'’*[]()¡¿"
 _NAME_QUOTES = re.compile(r"[\"“]([^\"“”\n]{1,80})[\"”]")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"”')\]]*(?=\s|$)|\n+")
 _ALIAS_CUT = re.compile(r":\s|\s[-–]\s")
@@ -102,7 +110,7 @@ def _tokens(text: str) -> list[_Token]:
 
 def _quoted(text: str, start: int, end: int) -> bool:
     # Titles may begin or end with an apostrophe or a mark ("'night Mother", "Gone Fishin'").
-    before, after = text[:start].rstrip(_TITLE_EDGES), text[end:].lstrip(".,!?" + _TITLE_EDGES)
+    before, after = text[:start].rstrip("." + _TITLE_EDGES), text[end:].lstrip(".,!?" + _TITLE_EDGES)
     return before[-1:] != "" and before[-1] in _QUOTES_OPEN and after[:1] != "" and after[0] in _QUOTES_CLOSE
 
 
@@ -186,7 +194,8 @@ class Catalog:
 
     Example:
         >>> catalog = Catalog([("1", "Matrix, The (1999)", "movie"), ("2", "Heat (1995)", "movie"),
-        ...                    ("3", "Alien (1979)", "movie")])
+        ...                    ("3", "Alien (1979)", "movie"), ("4", "In the Heat of the Night (1967)", "movie"),
+        ...                    ("5", "White Heat (1949)", "movie"), ("6", "The Heat (2013)", "movie")])
         >>> [m.item_ids for m in catalog.find_titles("The Matrix and Alien. Heat waves aside, see Heat.")]
         [('1',), ('3',), ('2',)]
     """
@@ -209,6 +218,11 @@ class Catalog:
                 if key:
                     keys.setdefault(key, []).append(item_id)
         self._keys = {k: tuple(v) for k, v in keys.items()}
+        titles_with: Counter[str] = Counter()
+        for shown in self.titles.values():
+            titles_with.update(set(title_key(shown)))
+        # Words in few titles ("Jumanji") are names even as a sentence's first word ("Heat" is not).
+        self._distinctive = {w for w, n in titles_with.items() if n <= DISTINCTIVE_TITLES}
         self._longest: dict[str, int] = {}
         for key in self._keys:
             self._longest[key[0]] = max(self._longest.get(key[0], 0), len(key))
@@ -229,12 +243,13 @@ class Catalog:
     def find_titles(self, text: str) -> list[TitleMatch]:
         """Every catalog title named in `text`, leftmost-longest, under the rules in the module doc."""
         tokens = _tokens(text)
+        quotes = _quote_spans(text)
         matches, i = [], 0
         while i < len(tokens):
             for length in range(min(self._longest.get(tokens[i].norm, 0), len(tokens) - i), 0, -1):
                 key = tuple(t.norm for t in tokens[i:i + length])
                 ids = self._keys.get(key)
-                if ids and self._reads_as_title(text, tokens[i:i + length], key):
+                if ids and self._reads_as_title(text, tokens[i:i + length], key, quotes):
                     matches.append(TitleMatch(tokens[i].start, tokens[i + length - 1].end, ids))
                     i += length
                     break
@@ -242,8 +257,7 @@ class Catalog:
                 i += 1
         return matches
 
-    @staticmethod
-    def _reads_as_title(text: str, span: list[_Token], key: tuple[str, ...]) -> bool:
+    def _reads_as_title(self, text: str, span: list[_Token], key: tuple[str, ...], quotes: list[tuple[int, int]]) -> bool:
         if _quoted(text, span[0].start, span[-1].end):
             return True
         if _quoted_only(key):
@@ -251,9 +265,14 @@ class Catalog:
         content = [t for t in span if t.norm not in STOPWORDS]
         if len(content) >= MIN_CASELESS_WORDS:
             return True
+        if any(s <= span[0].start and span[-1].end <= e for s, e in quotes):
+            return False  # a short title inside a longer quoted name ("Home" in "Buzz Goes Home")
         if not all(t.capitalized for t in content):
             return False
-        return len(span) > 1 or not span[0].sentence_start
+        if len(span) > 1 or not span[0].sentence_start:
+            return True
+        word = span[0].norm
+        return word in self._distinctive and len(word) >= 5 and word not in OPENERS
 
     def check(self, text: str, sources: Sequence[SourceItem], interests: Sequence[str] = (),
               max_chars: int = 400) -> GroundingResult:
@@ -333,6 +352,17 @@ def _sentence_spans(text: str, matches: list[TitleMatch]) -> list[tuple[int, int
     return spans or [(0, len(text))]
 
 
+def _quote_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the text inside each pair of double quotes, without edge punctuation."""
+    spans = []
+    for m in _NAME_QUOTES.finditer(text):
+        inner = m.group(1).strip(" .,!?" + _TITLE_EDGES)
+        if inner:
+            start = m.start(1) + m.group(1).index(inner)
+            spans.append((start, start + len(inner)))
+    return spans
+
+
 def _unknown_name_spans(text: str, tokens: list[_Token], matches: list[TitleMatch],
                         sources: Sequence[SourceItem], interests: Sequence[str]) -> list[tuple[int, int]]:
     """Title-like spans (quoted, or runs of capitalized words) that no catalog title covers."""
@@ -349,12 +379,7 @@ def _unknown_name_spans(text: str, tokens: list[_Token], matches: list[TitleMatc
     for interest in interests:
         known.update(title_key(interest))
 
-    spans = []
-    for m in _NAME_QUOTES.finditer(text):
-        inner = m.group(1).strip(" .,!?" + _TITLE_EDGES)
-        start = m.start(1) + m.group(1).index(inner[:1]) if inner else m.start(1)
-        if inner and inner[0].isupper() and not is_covered(start, start + len(inner)):
-            spans.append((start, start + len(inner)))
+    spans = [(s, e) for s, e in _quote_spans(text) if text[s].isupper() and not is_covered(s, e)]
 
     run: list[_Token] = []
 

@@ -55,7 +55,8 @@ def display_title(title: str) -> str:
         >>> display_title("Journey to the Center of the Earth")
         'Journey to the Center of the Earth'
     """
-    text = " ".join(title.split())
+    # Double quotes inside a title (inches, nicknames) would end the quotes prompts and posts put around it.
+    text = " ".join(re.sub(r"[\"“”″]", "'", title).split())
     if _YEAR.search(text):
         text = _YEAR.sub("", text)
         while _TRAILING_PARENS.search(text) and _TRAILING_PARENS.sub("", text):

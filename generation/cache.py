@@ -1,0 +1,112 @@
+"""Posts written ahead of time, per user: what GetFeed serves without waiting for a model.
+
+`PostCache.ready` only reads a dict under a lock held for microseconds (the worker never holds
+it while generating), so a feed request never waits for generation. A user's posts expire after
+`cache_ttl_s`; after `refresh_after_events` engagements they are stale: still served, but the
+caller is told to queue a rewrite (`note_engagement` returns True once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from feedcore.config import GenerationConfig
+from generation.interface import GeneratedPost
+
+MAX_USERS = 200_000  # users kept (least recently written dropped first): bounds memory
+
+
+@dataclasses.dataclass
+class _Entry:
+    posts: list[tuple[float, GeneratedPost]]  # (written at, post), newest first
+    engagements: int = 0
+    stale: bool = False
+
+
+class PostCache:
+    """Ready posts per user, thread-safe, with a time to live and engagement-driven staleness.
+
+    Args:
+        config: `cache_ttl_s`, `refresh_after_events`, `posts_per_user` (posts kept per user).
+        clock: seconds (monotonic); tests pass their own.
+        max_users: users kept; the least recently written are dropped beyond it.
+
+    Example:
+        >>> from feedcore.config import GenerationConfig
+        >>> now = [0.0]
+        >>> cache = PostCache(GenerationConfig(cache_ttl_s=60, refresh_after_events=2), clock=lambda: now[0])
+        >>> cache.put(GeneratedPost("gen:u:1", "u", "Two films.", ("1", "2"), "m", "v1/digest"))
+        >>> [p.post_id for p in cache.ready("u")], cache.note_engagement("u"), cache.note_engagement("u")
+        (['gen:u:1'], False, True)
+        >>> now[0] = 61.0
+        >>> cache.ready("u"), cache.needs_post("u")
+        ([], True)
+    """
+
+    def __init__(self, config: GenerationConfig, clock: Callable[[], float] = time.monotonic,
+                 max_users: int = MAX_USERS) -> None:
+        self.ttl_s = config.cache_ttl_s
+        self.refresh_after = max(1, config.refresh_after_events)
+        self.per_user = max(1, config.posts_per_user)
+        self.clock = clock
+        self.max_users = max_users
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_id: dict[str, GeneratedPost] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def put(self, post: GeneratedPost) -> None:
+        """Store a freshly written post for its user (the user is no longer stale)."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.pop(post.user_id, None) or _Entry([])
+            kept = [(t, p) for t, p in entry.posts if p.post_id != post.post_id]
+            entry.posts = [(now, post), *kept][: self.per_user]
+            for _, dropped in kept[self.per_user - 1:]:
+                self._by_id.pop(dropped.post_id, None)
+            entry.engagements, entry.stale = 0, False
+            self._entries[post.user_id] = entry
+            self._by_id[post.post_id] = post
+            while len(self._entries) > self.max_users:
+                _, evicted = self._entries.popitem(last=False)
+                for _, p in evicted.posts:
+                    self._by_id.pop(p.post_id, None)
+
+    def ready(self, user_id: str) -> list[GeneratedPost]:
+        """The user's unexpired posts, newest first ([] when none); never waits for generation."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if entry is None:
+                return []
+            return [p for t, p in entry.posts if now - t < self.ttl_s]
+
+    def get(self, post_id: str) -> GeneratedPost | None:
+        """A cached post by id (expired or not), e.g. to resolve an event logged against it."""
+        with self._lock:
+            return self._by_id.get(post_id)
+
+    def needs_post(self, user_id: str) -> bool:
+        """True when the user has no unexpired post or their posts are stale."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(user_id)
+            return entry is None or entry.stale or not any(now - t < self.ttl_s for t, _ in entry.posts)
+
+    def note_engagement(self, user_id: str) -> bool:
+        """Count one engagement of a user who has posts; True exactly when it makes them stale
+        (after `refresh_after_events`): the caller then queues a rewrite."""
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if entry is None or entry.stale:
+                return False
+            entry.engagements += 1
+            entry.stale = entry.engagements >= self.refresh_after
+            return entry.stale
