@@ -26,11 +26,15 @@ SIMULATION_BANNER = (
 )
 
 
-def write_report(directory: str | Path, markdown: str, figures: dict[str, Figure]) -> Path:
-    """Write ``report.md`` and one ``<name>.png`` per figure into `directory` (replaced whole)."""
+def write_report(directory: str | Path, markdown: str, figures: dict[str, Figure],
+                 files: dict[str, str] | None = None) -> Path:
+    """Write ``report.md``, one ``<name>.png`` per figure and any other text `files` (name ->
+    content) into `directory`, replaced whole."""
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         for name, figure in figures.items():
             figure.savefig(tmp / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(figure)

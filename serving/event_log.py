@@ -44,6 +44,7 @@ SERVING_COLUMNS: dict[str, pl.DataType] = {
     "surface": pl.String(),
     "experiment_arm": pl.String(),
     "source": pl.String(),
+    "propensity": pl.Float64(),  # the served item's propensity (exploring arms; null: deterministic)
 }
 LOG_SCHEMA = {**EVENTS_SCHEMA, **SERVING_COLUMNS}
 _SEGMENT = re.compile(r"^wal-(\d{8})\.jsonl$")
@@ -212,7 +213,8 @@ def read_event_log(directory: str | Path) -> pl.DataFrame:
     parts = [pl.read_parquet(p) for p in sorted(directory.glob("events-*.parquet")) if _PARQUET.match(p.name)]
     for segment in sorted(p for p in directory.glob("wal-*.jsonl") if _SEGMENT.match(p.name)):
         parts.append(_frame(read_segment(segment)[0]))
-    frame = pl.concat(parts) if parts else _frame([])
+    # diagonal: files written before a serving column existed (propensity) read it as null
+    frame = pl.concat(parts, how="diagonal_relaxed").select(list(LOG_SCHEMA)) if parts else _frame([])
     return frame.sort("seq")
 
 

@@ -13,6 +13,10 @@ arm may override the value model's weights and the blender's settings:
     share = 0.5
     value_weights = { engage = 1.0, like = 1.0 }
     blend = { diversity = 0.3 }
+    [[arms]]                    # an arm may explore: a sampled order, propensities logged
+    name = "explore"
+    share = 0.0
+    exploration = { kind = "plackett_luce", temperature = 0.1, depth = 20 }
 
 A user's arm is a pure function of (salt, user id): SHA-256 of ``"<salt>:<user id>"`` mapped to
 [0, 1) and cut by the arms' cumulative shares, so every server assigns the same arm without
@@ -34,6 +38,7 @@ from pathlib import Path
 
 from feedcore.config import BlendConfig, from_dict
 from feedcore.errors import DataError
+from ranker.exploration import ExplorationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ class Arm:
     share: float
     value_weights: dict[str, float] | None = None  # None: the server's (per surface)
     blend: BlendConfig | None = None  # None: the server's
+    # None: the arm ranks deterministically. Set: it samples its order and logs propensities for
+    # off-policy evaluation (`ranker.exploration`, `evaluation.ope`).
+    exploration: ExplorationConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
