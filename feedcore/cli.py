@@ -6,6 +6,9 @@
     feed index build    --config configs/demo.toml
     feed serve          --config configs/demo.toml [--port 50051]
     feed demo           [--config configs/demo.toml]
+    feed eval compare   A.toml B.toml --dataset configs/demo.toml [--out reports/compare]
+    feed ab analyze     --experiment configs/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
+    feed ab simulate    --config configs/demo.toml --experiment configs/ab-demo.toml [--out examples/ab-report]
 
 Each command imports only the parts it runs.
 """
@@ -13,6 +16,7 @@ Each command imports only the parts it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -96,11 +100,12 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
-    """Prepare, train both models, index, serve, request two users' feeds, stop the server."""
+    """Prepare, train both models, index, serve, stream a generated post, request two users'
+    feeds (the first with its post among the items), log what was shown, stop the server."""
     start = time.time()
     for step in (cmd_prepare, cmd_train_retrieval, cmd_train_ranker, cmd_index_build):
         step(config, args)
-    from serving.client import log_interactions, print_feed, wait_ready
+    from serving.client import log_interactions, print_feed, stream_post, wait_ready
 
     server = subprocess.Popen(
         [sys.executable, "-m", "feedcore.cli", "serve", "--config", args.config, "--port", "0"],
@@ -119,6 +124,8 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
 
         with grpc.insecure_channel(address) as channel:
             wait_ready(channel)
+            if config.generation.enabled:  # a post written now; it joins the user's next feed
+                stream_post(channel, users[0])
             for user in users:
                 pages = print_feed(channel, user, page_size=10, pages=2 if user == users[0] else 1)
                 if config.serving.api_keys:  # what the app reports back: impressions and a click
@@ -145,7 +152,92 @@ def _demo_users(config: EngineConfig) -> list[str]:
     return [counts["user_id"][0], counts["user_id"][counts.height // 2]]
 
 
+def cmd_eval_compare(config: EngineConfig, args: argparse.Namespace) -> None:
+    """Two trained engines (configs A and B) on the held-out data of `--dataset`."""
+    from evaluation.compare import CompareConfig, compare_engines, compare_figures, compare_markdown
+    from evaluation.report import write_report
+
+    result = compare_engines(load_config(args.a), load_config(args.b), config,
+                             CompareConfig(split=args.split, resamples=args.resamples), names=(args.a, args.b))
+    path = write_report(args.out, compare_markdown(result), compare_figures(result))
+    print(json.dumps({"report": str(path), "deltas": {f"{d.metric}[{d.group}]": [d.a, d.b, d.ci_low, d.ci_high]
+                                                      for d in result.deltas}}))
+
+
+def _arm_shares(experiment) -> tuple[tuple[str, float], ...]:
+    return tuple((a.name, a.share) for a in experiment.arms)
+
+
+def cmd_ab_analyze(config: EngineConfig, args: argparse.Namespace) -> None:
+    """The A/B report of an experiment from the service's event log."""
+    from evaluation.ab import ABConfig, ab_figures, ab_markdown, analyze
+    from evaluation.report import write_report
+    from serving.event_log import read_event_log
+    from serving.experiments import load_experiment
+
+    experiment = load_experiment(args.experiment)
+    log_dir = args.log or config.event_log_dir
+    try:
+        analysis = analyze(read_event_log(log_dir), ABConfig(experiment.name, _arm_shares(experiment),
+                                                             control=args.control, start_ms=args.start_ms,
+                                                             end_ms=args.end_ms))
+    except ValueError as e:
+        raise DataError(log_dir, str(e)) from e
+    path = write_report(args.out, ab_markdown(analysis, simulated=args.simulated), ab_figures(analysis))
+    print(json.dumps({"report": str(path), "srm_flagged": analysis.srm.flagged,
+                      "guardrails_breached": [f"{g.guardrail.metric}/{g.arm}" for g in analysis.guardrails
+                                              if g.breached]}))
+
+
+@contextlib.contextmanager
+def _local_server(config: EngineConfig):
+    """A real feed server with its event log on a free loopback port, stopped (and its log flushed
+    into Parquet) on exit; yields its address."""
+    from serving.event_log import EventLog
+    from serving.pipeline import FeedPipeline
+    from serving.server import create_server
+
+    event_log = EventLog(config.event_log_dir)
+    running = create_server(config.serving, FeedPipeline.from_artifacts(config), event_log)
+    running.server.start()
+    try:
+        yield f"{config.serving.host}:{running.port}"
+    finally:
+        running.server.stop(5).wait()
+        event_log.close()
+        running.metrics.stop_http()
+
+
+def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
+    """An end-to-end simulated A/B run: train on each user's past, serve, simulate, analyse."""
+    from evaluation.simulator import (
+        SimulationConfig,
+        prepare_simulation,
+        run_simulation,
+        simulation_report,
+        train_engine,
+    )
+    from serving.event_log import read_event_log
+    from serving.experiments import load_experiment
+
+    experiment = load_experiment(args.experiment)
+    sim = SimulationConfig(users=args.users, sessions=args.sessions, max_requests=args.max_requests,
+                           max_seconds=args.max_seconds, seed=args.seed)
+    engine, futures = prepare_simulation(config, sim, args.workdir, args.experiment)
+    train_engine(engine)
+    with _local_server(engine) as address:
+        run = run_simulation(address, futures, sim, experiment.name, experiment.arms[0].name,
+                             engine.serving.api_keys[0])
+    path = simulation_report(read_event_log(engine.event_log_dir), experiment.name, _arm_shares(experiment), run,
+                             sim, args.out, engine_note=f"Engine: `{args.config}` trained on each user's past "
+                             f"(`feed ab simulate`), experiment `{args.experiment}`.")
+    print(json.dumps({"report": str(path), "simulated": True, **dataclasses.asdict(run)}))
+
+
 COMMANDS = {
+    ("eval", "compare"): cmd_eval_compare,
+    ("ab", "analyze"): cmd_ab_analyze,
+    ("ab", "simulate"): cmd_ab_simulate,
     ("data", "prepare"): cmd_prepare,
     ("train", "retrieval"): cmd_train_retrieval,
     ("train", "ranker"): cmd_train_ranker,
@@ -176,6 +268,39 @@ def build_parser() -> argparse.ArgumentParser:
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")
     add(sub.add_parser("demo", help="the whole path on the bundled dataset"), ("demo",))
+
+    compare = sub.add_parser("eval", help="offline evaluation").add_subparsers(dest="action", required=True) \
+        .add_parser("compare", help="two trained engines on the same held-out data, paired bootstrap")
+    compare.add_argument("a", help="config of engine A (its artifacts trained)")
+    compare.add_argument("b", help="config of engine B")
+    compare.add_argument("--dataset", dest="config", default=DEFAULT_CONFIG,
+                         help=f"config whose prepared data and split hold the held-out data (default {DEFAULT_CONFIG})")
+    compare.add_argument("--split", choices=["valid", "test"], default="test")
+    compare.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (users)")
+    compare.add_argument("--out", default="reports/compare", help="report directory (replaced)")
+    compare.set_defaults(key=("eval", "compare"))
+
+    ab = sub.add_parser("ab", help="online A/B experiments").add_subparsers(dest="action", required=True)
+    analyze = ab.add_parser("analyze", help="A/B report from the service's event log")
+    add(analyze, ("ab", "analyze"))
+    analyze.add_argument("--experiment", required=True, help="the experiment file the service ran")
+    analyze.add_argument("--log", default=None, help="event log directory (default: the config's)")
+    analyze.add_argument("--start-ms", type=int, default=None,
+                         help="experiment start (ms); earlier events are the pre-period for CUPED")
+    analyze.add_argument("--end-ms", type=int, default=None)
+    analyze.add_argument("--control", default="", help="control arm (default: the first)")
+    analyze.add_argument("--simulated", action="store_true", help="label the report as simulated traffic")
+    analyze.add_argument("--out", default="reports/ab", help="report directory (replaced)")
+    simulate = ab.add_parser("simulate", help="end-to-end A/B run with simulated users on a real server")
+    add(simulate, ("ab", "simulate"))
+    simulate.add_argument("--experiment", required=True, help="experiment file (arms) to serve")
+    simulate.add_argument("--workdir", default="artifacts/ab-simulation", help="data, models and log of the run")
+    simulate.add_argument("--out", default="reports/ab-simulation", help="report directory (replaced)")
+    simulate.add_argument("--users", type=int, default=0, help="simulated users (0: all with a future)")
+    simulate.add_argument("--sessions", type=int, default=2, help="sessions per user in the experiment")
+    simulate.add_argument("--max-requests", type=int, default=20_000)
+    simulate.add_argument("--max-seconds", type=float, default=900.0)
+    simulate.add_argument("--seed", type=int, default=0)
     return parser
 
 

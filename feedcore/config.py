@@ -98,6 +98,13 @@ class RankerConfig:
         TaskConfig("engage", "binary", 1.0, "*"),
         TaskConfig("like", "binary", 1.0, "rating", 4.0),
     )
+    # Optional features (ranker.model.RankerFeatures), saved with the checkpoint for serving.
+    recency: bool = False  # dense: log item age at the event / request time
+    retrieval_score: bool = False  # dense: the retrieval model's user·item score (train retrieval first)
+    text_features: bool = False  # dense: title embedding (all-MiniLM-L6-v2), projected by the dense arch
+    text_projection: int = 8  # dims the title embedding is projected to
+    context: bool = False  # sparse: hour-of-day and day-of-week of the event / request (UTC)
+    history_pooling: Literal["bag", "target_attention"] = "bag"  # mean bag or DIN target attention
     negatives_per_positive: int = 2
     popular_negative_share: float = 0.5  # of the negatives, drawn by training popularity; the rest uniform
     epochs: int = 2
@@ -201,6 +208,9 @@ class GenerationConfig:
     cache_dir: str = ""  # converted weights (loads in ~1 s after the first); empty: <artifacts_dir>/llm
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 1  # torch threads of the generation worker (the feed keeps the other cores)
+    # "process": the model decodes in a child process, off the server's GIL (generation.remote);
+    # "thread": in the serving process itself.
+    isolation: Literal["process", "thread"] = "process"
     max_new_tokens: int = 60
     temperature: float = 0.7  # 0: greedy
     top_p: float = 0.9

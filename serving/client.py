@@ -32,12 +32,38 @@ def print_feed(channel: grpc.Channel, user_id: str, page_size: int = 10,
         for item in response.items:
             scores = "  ".join(f"{item.task_scores[t]:6.3f}" for t in tasks)
             print(f"{item.position:>3}  {item.content_type:<10} {item.score:6.3f}  {scores}  {item.source:<9} "
-                  f"{item.title[:60]}")
+                  f"{(item.title or item.text)[:60]}")
+        for item in response.items:
+            if item.content_type == "generated":
+                print_post(item.text, item.provenance)
         responses.append(response)
         cursor = response.next_cursor
         if not cursor:
             break
     return responses
+
+
+def print_post(text: str, provenance: feed_pb2.Provenance) -> None:
+    """A generated post in full, with what it was written from."""
+    print(f"\n  generated post ({provenance.method}; {provenance.model_version}, prompt {provenance.prompt_version}):")
+    for line in text.splitlines() or [""]:
+        print(f"    {line}")
+    print(f"    sources: {', '.join(provenance.source_item_ids)}")
+
+
+def stream_post(channel: grpc.Channel, user_id: str, max_new_tokens: int = 0) -> feed_pb2.PostChunk:
+    """Ask for a post written now and print it as it streams; return the final (checked) message."""
+    print(f"\nStreamPost for user {user_id} (raw model output as it is decoded):\n  ", end="", flush=True)
+    final = feed_pb2.PostChunk()
+    request = feed_pb2.StreamPostRequest(user_id=user_id, max_new_tokens=max_new_tokens)
+    for chunk in feed_pb2_grpc.FeedServiceStub(channel).StreamPost(request, timeout=120.0):
+        if chunk.done:
+            final = chunk
+        else:
+            print(chunk.text.replace("\n", "\n  "), end="", flush=True)
+    print()
+    print_post(final.post_text, final.provenance)
+    return final
 
 
 def log_interactions(channel: grpc.Channel, user_id: str, page: feed_pb2.GetFeedResponse,

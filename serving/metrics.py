@@ -5,16 +5,22 @@ Each server has its own registry, so several servers (tests) can live in one pro
 - ``feed_requests_total{method, code}``: RPCs by gRPC status code (errors are the non-OK codes);
 - ``feed_request_seconds{method}``: RPC latency;
 - ``feed_stage_seconds{stage}``: GetFeed's stages (candidates, hydration, ranker, blend, total);
-- ``feed_events_logged_total{event}``: events durably logged by LogEvents.
+- ``feed_events_logged_total{event}``: events durably logged by LogEvents;
+- ``feed_posts_written_total{method}``: generated posts by how they passed the checks (model,
+  repaired, template); ``feed_posts_rejected_total{reason}``: model outputs refused (grounding,
+  guardrails), by reason; ``feed_posts_served_total``: generated posts put on feed pages.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter as CounterType
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -30,6 +36,7 @@ class ServiceMetrics:
                                 buckets=_BUCKETS, registry=self.registry)
         self.events = Counter("feed_events_logged", "Events durably logged, by event type", ["event"],
                               registry=self.registry)
+        self.posts_served = Counter("feed_posts_served", "Generated posts put on feed pages", registry=self.registry)
         self._http = None
 
     @contextmanager
@@ -46,6 +53,10 @@ class ServiceMetrics:
             self.latency.labels(method).observe(time.perf_counter() - start)
             self.requests.labels(method, code.name).inc()
 
+    def watch_generation(self, stats: Callable[[], CounterType[str]]) -> None:
+        """Export the post writer's counts ("method:<m>", "refused:<reason>") at every scrape."""
+        self.registry.register(_GenerationCollector(stats))
+
     def stage_timings(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
             self.stages.labels(stage).observe(ms / 1000.0)
@@ -61,3 +72,24 @@ class ServiceMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _GenerationCollector:
+    """feed_posts_written_total{method} and feed_posts_rejected_total{reason}, read from the writer."""
+
+    def __init__(self, stats: Callable[[], CounterType[str]]) -> None:
+        self.stats = stats
+
+    def collect(self):
+        written = CounterMetricFamily("feed_posts_written", "Generated posts, by how they passed the checks",
+                                      labels=["method"])
+        rejected = CounterMetricFamily("feed_posts_rejected", "Generated outputs refused, by reason",
+                                       labels=["reason"])
+        for key, n in sorted(self.stats().items()):
+            kind, _, label = key.partition(":")
+            if kind == "method":
+                written.add_metric([label], n)
+            elif kind == "refused":
+                rejected.add_metric([label], n)
+        yield written
+        yield rejected

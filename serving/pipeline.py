@@ -30,17 +30,20 @@ from feedcore.features import (
     pad_histories,
 )
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
-from ranker.batching import ranker_inputs
+from generation.interface import GeneratedPost, SourceItem
+from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs, ranker_item_embeddings
 from ranker.blender import blend
+from ranker.exploration import ExplorationConfig, explore, session_seed
 from ranker.model import SOURCE_IDS, MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
-from retrieval.embed import embed_items
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 from serving.event_log import now_ms
 
 logger = logging.getLogger(__name__)
+POST_CONTENT_TYPE = "generated"  # the content type of generated posts
+POST_SOURCE = "generated"  # their candidate source (a ranker feature, `ranker.model.SOURCE_IDS`)
 
 
 class CursorError(ValueError):
@@ -59,6 +62,19 @@ class FeedRequest:
     # Logged impressions: items shown before this session started are filtered out. A session's
     # pages all use its first page's time, so items logged meanwhile never shift later pages.
     recently_seen: RecentlySeen | None = None
+    exploration: ExplorationConfig | None = None  # the arm's; None: the blended order as is
+    # Generated posts ready for this user (`serving.generated_posts`); ranked like any candidate.
+    # Only posts written before the session started take part, so later pages never shift.
+    posts: tuple[PostCandidate, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PostCandidate:
+    """A generated post ready to be served, with its text embedding (all-MiniLM-L6-v2, computed
+    once when it was written, off the request path)."""
+
+    post: GeneratedPost
+    text_embedding: np.ndarray  # (384,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +86,8 @@ class RankedItem:
     task_scores: dict[str, float]
     source: str
     position: int
+    propensity: float = 0.0  # p(this item here | the items above) on an exploring arm; 0: deterministic
+    post: GeneratedPost | None = None  # set for generated posts: their text and provenance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +163,9 @@ class FeedPipeline:
         serving: ServingConfig,
         model_version: str,
         item_embeddings: np.ndarray | None = None,
+        retrieval: TwoTower | None = None,
+        retrieval_spec: FeatureSpec | None = None,
+        retrieval_scorer: RetrievalScorer | None = None,
     ) -> None:
         self.spec = spec
         self.item_features = item_features
@@ -158,6 +179,9 @@ class FeedPipeline:
         self.serving = serving
         self.model_version = model_version
         self.item_embeddings = item_embeddings  # (N, D) in vocabulary order, for the blender's diversity
+        self.retrieval = retrieval  # embeds generated posts into the item space (content path)
+        self.retrieval_scorer = retrieval_scorer  # the ranker's retrieval-score feature, as in training
+        self.retrieval_spec = retrieval_spec or spec
 
     @classmethod
     def from_artifacts(cls, config: EngineConfig) -> FeedPipeline:
@@ -199,9 +223,11 @@ class FeedPipeline:
             ranker = quantize_for_serving(ranker)
         # For the blender's diversity (any experiment arm may turn it on). Row i = the ranker
         # vocabulary's item i (row 0, unknown, stays zero).
-        rows = retrieval_ckpt.feature_spec.items.encode(pl.Series(spec.items.values, dtype=pl.String))
-        embeddings = np.zeros((len(spec.items), retrieval.args.embedding_dim), np.float32)
-        embeddings[1:] = embed_items(retrieval, rows)
+        embeddings = ranker_item_embeddings(retrieval, retrieval_ckpt.feature_spec, spec)
+        trained_on = ranker_ckpt.extras["metrics"].get("retrieval_version")
+        if ranker.args.features.retrieval_score and trained_on != retrieval_ckpt.version:
+            raise ArtifactError(f"{config.ranker_path} was trained on the scores of retrieval model {trained_on}, "
+                                f"not {retrieval_ckpt.version}; run `feed train ranker`")
         return cls(
             spec=spec,
             item_features=item_feats,
@@ -212,6 +238,9 @@ class FeedPipeline:
             serving=config.serving,
             model_version=f"{retrieval_ckpt.version}+{ranker_ckpt.version}",
             item_embeddings=embeddings,
+            retrieval=retrieval,
+            retrieval_spec=retrieval_ckpt.feature_spec,
+            retrieval_scorer=RetrievalScorer(retrieval, embeddings),
         )
 
     @torch.no_grad()
@@ -230,6 +259,11 @@ class FeedPipeline:
         found = self.candidates.generate(UserState(request.user_id, history, seen))
         candidates = {c.item_id: c.source for c in found}
         item_ids = list(candidates)
+        posts = {p.post.post_id: p for p in request.posts
+                 if p.post.post_id not in seen and p.post.created_ms <= started_ms}
+        for post_id in posts:  # generated posts are candidates of their own source
+            candidates[post_id] = POST_SOURCE
+            item_ids.append(post_id)
         timings["candidates"] = _lap(t0)
 
         # 2. feature hydration (the same transforms as training), 3. ranker, 4. value model and blend.
@@ -237,7 +271,9 @@ class FeedPipeline:
         item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
         degraded: tuple[str, ...] = ()
         try:
-            preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings)
+            new_items = self._post_features(list(posts.values()), len(item_ids) - len(posts)) if posts else None
+            preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings,
+                                              new_items, request_ms=started_ms)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
@@ -245,15 +281,21 @@ class FeedPipeline:
             values = -np.arange(len(item_ids), dtype=np.float64)  # the sources' order: ann, social, ..., popular
             order = np.array([i for i, item_id in enumerate(item_ids) if item_id not in seen], np.int64)
 
-        # 5. the page
+        # 5. the page. An exploring arm samples its order from the blended one, seeded by the session,
+        # so every page of a session comes from one draw (`ranker.exploration`).
+        propensity = np.zeros(len(order))
+        if request.exploration is not None and not degraded:
+            rng = np.random.default_rng(session_seed(request.user_id, started_ms, request.arm))
+            order, propensity = explore(order, values, request.exploration, rng)
         page = order[offset : offset + request.page_size]
         items = []
         for position, c in enumerate(page, start=offset):
-            content_type, title = self.catalog[item_ids[c]]
+            post = posts[item_ids[c]].post if item_ids[c] in posts else None
+            content_type, title = self.catalog[item_ids[c]] if post is None else (POST_CONTENT_TYPE, "")
             items.append(RankedItem(
                 item_id=item_ids[c], content_type=content_type, title=title, score=float(values[c]),
                 task_scores={t: float(p[c]) for t, p in preds.items()}, source=candidates[item_ids[c]],
-                position=position,
+                position=position, post=post, propensity=float(propensity[position]),
             ))
         end = offset + len(page)
         next_cursor = encode_cursor(request.user_id, end, version, started_ms) if end < len(order) else ""
@@ -262,14 +304,12 @@ class FeedPipeline:
 
     def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
               candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float],
-              new_items: NewItems | None = None):
+              new_items: NewItems | None = None, request_ms: int = 0):
         """Task predictions, values and the blended order of the candidates; `new_items` carries
-        the content of candidates outside the vocabulary (generated posts, item index 0)."""
+        the content of candidates outside the vocabulary (generated posts, item index 0).
+        `request_ms` is the time features read (the session's first page's, so pages never shift)."""
         t1 = time.perf_counter()
-        user = np.full(len(item_ids), self.spec.users.encode_one(request.user_id), np.int64)
-        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item_ids), axis=0)
-        source = np.array([SOURCE_IDS.get(candidates[i], 0) for i in item_ids], np.int64)
-        batch = ranker_inputs(user, item, hist, self.item_features, source=source, new_items=new_items)
+        batch = self.hydrate(request.user_id, item, history, [candidates[i] for i in item_ids], new_items, request_ms)
         timings["hydration"] = _lap(t1)
         t2 = time.perf_counter()
         preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
@@ -277,13 +317,90 @@ class FeedPipeline:
         timings["ranker"] = _lap(t2)
         t3 = time.perf_counter()
         values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
+        embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
+        if embeddings is not None and new_items is not None and new_items.embedding is not None:
+            embeddings[new_items.rows] = new_items.embedding  # posts: their content embedding, not row 0
         order = blend(
-            values, [self.catalog[i][0] for i in item_ids], request.blend or self.serving.blend, item_ids=item_ids,
-            exclude=seen, creators=[self.creators.get(i) for i in item_ids],
-            embeddings=None if self.item_embeddings is None else self.item_embeddings[item],
+            values, [self.catalog.get(i, (POST_CONTENT_TYPE,))[0] for i in item_ids], request.blend or self.serving.blend,
+            item_ids=item_ids, exclude=seen, creators=[self.creators.get(i) for i in item_ids],
+            embeddings=embeddings,
         )
         timings["blend"] = _lap(t3)
         return preds, values, order
+
+
+    @torch.no_grad()
+    def score_posts(self, user_id: str, posts: tuple[PostCandidate, ...], surface: str = "home") -> np.ndarray:
+        """(M,) the value model's score of each post for `user_id`, ranked exactly as GetFeed ranks
+        a generated candidate (the generation critic's measure of a post)."""
+        if not posts:
+            return np.zeros(0)
+        item_ids = [p.post.post_id for p in posts]
+        history = self.histories.get(user_id, np.zeros(0, np.int64))
+        request = FeedRequest(user_id=user_id, page_size=1, surface=surface)
+        _, values, _ = self._rank(request, item_ids, np.zeros(len(posts), np.int64), history,
+                                  dict.fromkeys(item_ids, POST_SOURCE), frozenset(), {},
+                                  self._post_features(list(posts), 0), request_ms=now_ms())
+        return values
+
+    def source_item(self, item_id: str) -> SourceItem:
+        """A catalogue item as a generated post's source: title, content type, categories, creator."""
+        content_type, title = self.catalog[item_id]
+        lengths, values = self.item_features.categories_of(self.spec.items.encode(pl.Series([item_id])))
+        categories = tuple(c for c in (self.spec.categories.decode(int(v)) for v in values) if c)
+        return SourceItem(item_id=item_id, title=title, content_type=content_type, categories=categories,
+                          creator_id=self.creators.get(item_id))
+
+    def interests(self, user_id: str, k: int = 3) -> list[str]:
+        """The user's `k` most frequent categories over their history (a generated post's topic)."""
+        history = self.histories.get(user_id, np.zeros(0, np.int64))
+        if not len(history):
+            return []
+        _, values = self.item_features.categories_of(history)
+        counts = collections.Counter(int(v) for v in values if v)
+        return [c for c in (self.spec.categories.decode(v) for v, _ in counts.most_common(k)) if c]
+
+    def hydrate(self, user_id: str, item: np.ndarray, history: np.ndarray, sources: list[str],
+                new_items: NewItems | None = None, request_ms: int = 0) -> RankerBatch:
+        """The ranker's inputs for one request's B candidates (item indices `item`, found by
+        `sources`), by the training transform (`ranker_inputs`) at the request time."""
+        user = np.full(len(item), self.spec.users.encode_one(user_id), np.int64)
+        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item), axis=0)
+        source = np.array([SOURCE_IDS.get(s, 0) for s in sources], np.int64)
+        return ranker_inputs(user, item, hist, self.item_features, source=source, new_items=new_items,
+                             features=self.ranker.args.features, event_time=np.full(len(item), request_ms / 1000.0),
+                             retrieval=self.retrieval_scorer)
+
+    def _post_features(self, posts: list[PostCandidate], first_row: int) -> NewItems:
+        """The ranker's view of generated posts at rows first_row.. of the batch: the union of
+        their source items' categories, their text and age, and their item-space embedding from
+        the retrieval model's content path (for the retrieval score and the blender's diversity)."""
+        rows = np.arange(first_row, first_row + len(posts))
+        text = np.stack([p.text_embedding for p in posts]).astype(np.float32)
+        created = np.array([p.post.created_ms / 1000.0 for p in posts])
+        embedding = None
+        if self.retrieval is not None:
+            embedding = self.post_embeddings([p.post.source_item_ids for p in posts], text)
+        sources = [self.spec.items.encode(pl.Series(p.post.source_item_ids, dtype=pl.String)) for p in posts]
+        return NewItems.from_source_items(rows, sources, self.item_features,
+                                          content_type=self.spec.content_types.encode_one(POST_CONTENT_TYPE),
+                                          text=text, created_at=created, embedding=embedding)
+
+    @torch.no_grad()
+    def post_embeddings(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray) -> np.ndarray:
+        """(M, D) retrieval-space embeddings of M posts from their content: the union of their
+        sources' categories and their text (`TwoTower.content_embeddings`)."""
+        model, spec = self.retrieval, self.retrieval_spec
+        cats = []
+        for ids in source_item_ids:
+            idx = spec.items.encode(pl.Series(ids, dtype=pl.String))
+            values = [model.category_values[model.category_offsets[i]:model.category_offsets[i + 1]] for i in idx]
+            cats.append(torch.unique(torch.cat(values)) if values else torch.zeros(0, dtype=torch.long))
+        lengths = torch.tensor([len(c) for c in cats])
+        offsets = torch.cumsum(lengths, 0) - lengths
+        content_type = torch.full((len(cats),), spec.content_types.encode_one(POST_CONTENT_TYPE), dtype=torch.long)
+        out = model.content_embeddings(content_type, torch.cat(cats), offsets, torch.from_numpy(text))
+        return out.numpy().astype(np.float32)
 
 
 def _lap(start: float) -> float:

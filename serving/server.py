@@ -70,11 +70,18 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
 def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:
     """Run the server until SIGTERM / SIGINT, then shut down gracefully: NOT_SERVING, in-flight
     requests finish, the event log is flushed into Parquet. New models and indexes written under
-    `engine.artifacts_dir` are picked up live (`serving.reloader`)."""
+    `engine.artifacts_dir` are picked up live (`serving.reloader`). With `[generation] enabled`,
+    the generative module loads first and writes posts in the background (`serving.generated_posts`)."""
     config = engine.serving
     torch.set_num_threads(config.torch_threads)
     running = create_server(config, pipeline, event_log)
     server, port, health_servicer = running.server, running.port, running.health
+    posts = None
+    if engine.generation.enabled:
+        from serving.generated_posts import make_generated_posts
+
+        posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics)
+        running.servicer.posts = posts
     server.start()
     reloader = None
     if config.reload_interval_s > 0:
@@ -97,6 +104,8 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     if reloader is not None:
         reloader.stop()
     server.stop(GRACE_SECONDS).wait()
+    if posts is not None:
+        posts.stop()
     if event_log is not None:
         event_log.close()
     running.metrics.stop_http()

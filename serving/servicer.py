@@ -17,11 +17,13 @@ from grpc_health.v1.health import HealthServicer
 
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from generation.interface import GeneratedPost
 from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
 from serving.experiments import Experiment, ExperimentStore
+from serving.generated_posts import GeneratedPosts
 from serving.metrics import ServiceMetrics
-from serving.pipeline import CursorError, FeedPipeline, FeedRequest, RecentlySeen
+from serving.pipeline import POST_CONTENT_TYPE, CursorError, FeedPipeline, FeedRequest, RecentlySeen
 
 logger = logging.getLogger(__name__)
 EVENT_TYPES = ("impression", "click", "like", "follow", "share", "dwell", "watch", "hide", "report")
@@ -32,7 +34,7 @@ API_KEY_HEADER = "x-api-key"
 class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     def __init__(self, pipeline: FeedPipeline, config: ServingConfig, event_log: EventLog | None = None,
                  experiments: ExperimentStore | None = None, metrics: ServiceMetrics | None = None,
-                 health: HealthServicer | None = None) -> None:
+                 health: HealthServicer | None = None, posts: GeneratedPosts | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
         self.event_log = event_log
@@ -41,6 +43,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self.health = health
         self._component_ok: dict[str, bool] = {}
         self.recently_seen = RecentlySeen()  # outlives model reloads
+        self.posts = posts  # the generative module; None: generation is off
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         with self.metrics.observe("GetFeed", context):
@@ -49,6 +52,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     def LogEvents(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
         with self.metrics.observe("LogEvents", context):
             return self._log_events(request_iterator, context)
+
+    def StreamPost(self, request: feed_pb2.StreamPostRequest, context: grpc.ServicerContext):
+        with self.metrics.observe("StreamPost", context):
+            yield from self._stream_post(request, context)
 
     def _get_feed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         request_id = uuid.uuid4().hex
@@ -68,11 +75,14 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             page = self.pipeline.get_feed(FeedRequest(
                 user_id=request.user_id, page_size=request.page_size, cursor=request.cursor,
                 surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
-                recently_seen=self.recently_seen,
+                recently_seen=self.recently_seen, exploration=arm.exploration,
+                posts=self.posts.ready(request.user_id) if self.posts is not None else (),
             ))
         except CursorError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.metrics.stage_timings(page.timings_ms)
+        if served_posts := sum(i.post is not None for i in page.items):
+            self.metrics.posts_served.inc(served_posts)
         self.report_component("ranker", "ranker" not in page.degraded)
         logger.info("request_id=%s user_id=%s arm=%s items=%d timings_ms=%s", request_id, request.user_id, arm_label,
                     len(page.items), {k: round(v, 2) for k, v in page.timings_ms.items()})
@@ -81,7 +91,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 feed_pb2.FeedItem(
                     item_id=i.item_id, content_type=i.content_type, score=i.score, task_scores=i.task_scores,
                     source=i.source, position=i.position, title=i.title,
-                    explanation=EXPLANATIONS.get(i.source, i.source),
+                    explanation=EXPLANATIONS.get(i.source, i.source), propensity=i.propensity,
+                    text=i.post.text if i.post else "", provenance=_provenance(i.post),
                 )
                 for i in page.items
             ],
@@ -107,10 +118,34 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         for r in records:  # only after the append: what is filtered is what is logged
             if r["event"] == "impression":
                 self.recently_seen.add(r["user_id"], r["item_id"], received)
+            elif self.posts is not None:  # engagement: the user's generated post may be due a rewrite
+                self.posts.note_engagement(r["user_id"])
         counts = Counter(r["event"] for r in records)
         for event, n in counts.items():
             self.metrics.events.labels(event).inc(n)
         return feed_pb2.LogEventsResponse(accepted=len(records), by_event=dict(counts), last_seq=last_seq)
+
+    def _stream_post(self, request: feed_pb2.StreamPostRequest, context: grpc.ServicerContext):
+        if self.posts is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "generation is off on this server ([generation] enabled)")
+        if not request.user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        limit = self.posts.config.max_new_tokens
+        if not 0 <= request.max_new_tokens <= limit:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"max_new_tokens must be 0..{limit} (0 = {limit}), got {request.max_new_tokens}")
+        try:
+            pieces = self.posts.stream(request.user_id, request.surface or "home", request.max_new_tokens or limit)
+            for piece in pieces:
+                if not context.is_active():  # the client went away: stop decoding for it
+                    return
+                if isinstance(piece, str):
+                    yield feed_pb2.PostChunk(text=piece)
+                else:
+                    yield feed_pb2.PostChunk(done=True, post_id=piece.post_id, post_text=piece.text,
+                                             provenance=_provenance(piece))
+        except LookupError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
     def check_experiment(self, experiment: Experiment) -> None:
         """ValueError if an arm weights a task the served ranker does not predict."""
@@ -164,9 +199,13 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             bad("value", f"must be the {event.event} time in seconds (> 0)")
         if event.ts_ms < 0:
             bad("ts_ms", f"is {event.ts_ms}, expected milliseconds since the epoch (0 = now)")
+        if not 0 <= event.propensity <= 1:  # NaN fails too
+            bad("propensity", f"is {event.propensity}, expected the served item's propensity in [0, 1] (0 = unknown)")
         if event.position < 0:
             bad("position", f"is {event.position}, expected >= 0")
         content_type = event.content_type or self.pipeline.catalog.get(event.item_id, ("",))[0]
+        if not content_type and self.posts is not None and self.posts.lookup(event.item_id) is not None:
+            content_type = POST_CONTENT_TYPE
         if not content_type:
             bad("content_type", f"is needed: item {event.item_id!r} is not in the catalogue")
         return {
@@ -177,4 +216,12 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             "surface": event.surface or None,
             "experiment_arm": event.experiment_arm or self._arm_of(event.user_id),
             "source": event.source or None,
+            "propensity": event.propensity or None,  # 0 on the wire: deterministic or unknown
         }
+
+
+def _provenance(post: GeneratedPost | None) -> feed_pb2.Provenance | None:
+    if post is None:
+        return None
+    return feed_pb2.Provenance(source_item_ids=list(post.source_item_ids), model_version=post.model_version,
+                               prompt_version=post.prompt_version, method=post.method)

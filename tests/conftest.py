@@ -38,6 +38,8 @@ def tiny_engine_config(artifacts_dir: Path, **serving):
         ranker=dataclasses.replace(config.ranker, embedding_dim=8, dense_hidden=(16,), over_hidden=(32, 16),
                                    epochs=1, batch_size=2048),
         serving=dataclasses.replace(config.serving, **serving),
+        # the language model loads only in the tests that are about it (tests/generation, StreamPost)
+        generation=dataclasses.replace(config.generation, enabled=False),
     )
 
 
@@ -55,3 +57,13 @@ def trained_engine(tmp_path_factory):
     train_ranker_job(config, progress=False)
     build_index_job(config)
     return config
+
+
+@pytest.fixture(scope="session")
+def llm_cache_dir(tmp_path_factory) -> Path:
+    """One converted copy of the packaged language model (GGUF → safetensors) for the session."""
+    from generation.llm import converted_weights, packaged_gguf
+
+    cache_dir = tmp_path_factory.mktemp("llm")
+    converted_weights(packaged_gguf(), cache_dir)
+    return cache_dir

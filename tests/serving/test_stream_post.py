@@ -1,0 +1,103 @@
+"""The generative module in the running service, on the real language model (short posts):
+StreamPost streams a grounded post token by token, the post joins the user's next feed with its
+provenance, events logged against it are accepted, and GetFeed never waits for generation."""
+
+import dataclasses
+
+import grpc
+import pytest
+
+from feedcore.config import BlendConfig
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.event_log import EventLog
+from serving.generated_posts import make_generated_posts
+from serving.pipeline import FeedPipeline
+from serving.server import create_server
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def engine(trained_engine, llm_cache_dir):
+    return dataclasses.replace(
+        trained_engine,
+        generation=dataclasses.replace(trained_engine.generation, enabled=True, cache_dir=str(llm_cache_dir),
+                                       max_new_tokens=24, num_candidates=1, max_tries=1, warm_users=0),
+        serving=dataclasses.replace(trained_engine.serving, api_keys=(KEY,), metrics_port=0,
+                                    blend=BlendConfig(type_shares={"generated": 0.2})),
+    )
+
+
+@pytest.fixture(scope="module")
+def running(engine, tmp_path_factory):
+    pipeline = FeedPipeline.from_artifacts(engine)
+    log = EventLog(tmp_path_factory.mktemp("log"))
+    running = create_server(engine.serving, pipeline, log)
+    running.servicer.posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics)
+    running.server.start()
+    yield running
+    running.server.stop(0).wait()
+    running.servicer.posts.stop()
+    log.close()
+    running.metrics.stop_http()
+
+
+@pytest.fixture(scope="module")
+def stub(running):
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield feed_pb2_grpc.FeedServiceStub(channel)
+
+
+def test_stream_post_streams_a_grounded_post_that_joins_the_next_feed(stub, running):
+    chunks = list(stub.StreamPost(feed_pb2.StreamPostRequest(user_id="1", max_new_tokens=16), timeout=180))
+    pieces, final = chunks[:-1], chunks[-1]
+    assert len(pieces) >= 2 and all(not c.done and c.text for c in pieces)  # token by token
+    assert final.done and final.post_id.startswith("gen:") and final.post_text
+    provenance = final.provenance
+    assert 2 <= len(provenance.source_item_ids) <= 4 and provenance.method in {"model", "repaired", "template"}
+    assert provenance.model_version.startswith("smollm2") and provenance.prompt_version
+    pipeline = running.servicer.pipeline
+    assert all(i in pipeline.catalog for i in provenance.source_item_ids)
+    # the sources are the user's own top-ranked items
+    top = [i.item_id for i in pipeline.get_feed(pipeline_request("1")).items]
+    assert set(provenance.source_item_ids) <= set(top)
+
+    feed = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=10), timeout=30)
+    generated = [i for i in feed.items if i.content_type == "generated"]
+    assert [i.item_id for i in generated] == [final.post_id]
+    item = generated[0]
+    assert item.text == final.post_text and item.source == "generated"
+    assert list(item.provenance.source_item_ids) == list(provenance.source_item_ids)
+    assert set(item.task_scores) == {"engage", "like"}
+
+    # the app reports what it showed: the post's content type is resolved by the server
+    ack = stub.LogEvents(iter([feed_pb2.Event(user_id="1", item_id=item.item_id, event="click",
+                                              request_id=feed.request_id, position=item.position)]),
+                         metadata=[("x-api-key", KEY)], timeout=30)
+    assert ack.accepted == 1
+
+
+def pipeline_request(user_id):
+    from serving.generated_posts import PLAN_DEPTH
+    from serving.pipeline import FeedRequest
+
+    return FeedRequest(user_id=user_id, page_size=PLAN_DEPTH)
+
+
+def test_get_feed_never_waits_for_generation_and_queues_the_user(stub, running):
+    worker = running.servicer.posts.worker
+    feed = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=10), timeout=30)
+    assert len(feed.items) == 10 and all(i.content_type != "generated" for i in feed.items)
+    assert worker.wait_idle(timeout=240)  # the request queued a post for user 5, written in the background
+    assert running.servicer.posts.cache.ready("5")
+    later = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=10), timeout=30)
+    assert any(i.content_type == "generated" for i in later.items)
+
+
+def test_stream_post_refuses_bad_requests(stub):
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.StreamPost(feed_pb2.StreamPostRequest(user_id=""), timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.StreamPost(feed_pb2.StreamPostRequest(user_id="1", max_new_tokens=10_000), timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens must be 0..24" in e.value.details()
