@@ -62,7 +62,7 @@ _TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|&")
 _QUOTES_OPEN = "\"“«*"
 _QUOTES_CLOSE = "\"”»*"
 _TITLE_EDGES = "'’*[]()¡¿"
-_NAME_QUOTES = re.compile(r"[\"“]([^\"“”\n]{1,80})[\"”]")
+_NAME_QUOTES = re.compile(r"[\"“]([^\"“”\n]{1,200})[\"”]")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"”')\]]*(?=\s|$)|\n+")
 _ALIAS_CUT = re.compile(r":\s|\s[-–]\s")
 _FINISHED = re.compile(r"[.!?…][\"”')\]*]*$|[\U0001F300-\U0001FAFF\u2600-\u27BF]$")
