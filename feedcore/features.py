@@ -140,6 +140,8 @@ class NewItems:
         category_lengths: (M,) and category_values: (sum,) category indices, row by row.
         text: optional (M, X) text embeddings (`feedcore.text.embed_texts`); None = no text.
         created_at: optional (M,) unix seconds; None = unknown age.
+        embedding: optional (M, D) retrieval item embeddings (`TwoTower.content_embeddings`) for
+            the retrieval-score feature; None = score 0.
 
     Example:
         >>> feats = ItemFeatures(np.array([0, 1, 1]), np.array([0, 0, 1, 3]), np.array([2, 1, 3]), np.zeros(3, "float32"))
@@ -154,6 +156,7 @@ class NewItems:
     category_values: np.ndarray
     text: np.ndarray | None = None
     created_at: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m = len(self.rows)
@@ -162,7 +165,7 @@ class NewItems:
                              f"{len(self.category_lengths)} category lists")
         if int(self.category_lengths.sum()) != len(self.category_values):
             raise ValueError("NewItems: category_lengths do not add up to len(category_values)")
-        for name in ("text", "created_at"):
+        for name in ("text", "created_at", "embedding"):
             value = getattr(self, name)
             if value is not None and len(value) != m:
                 raise ValueError(f"NewItems: {m} rows but {len(value)} {name} rows")
@@ -177,6 +180,7 @@ class NewItems:
         content_type: int | np.ndarray = UNKNOWN,
         text: np.ndarray | None = None,
         created_at: np.ndarray | None = None,
+        embedding: np.ndarray | None = None,
     ) -> NewItems:
         """New items that inherit the categories of the items they were made from (a generated
         post of its source items): the sorted union of those items' categories.
@@ -194,7 +198,7 @@ class NewItems:
         values = np.concatenate(cats or [np.zeros(0, np.int64)]).astype(np.int64)
         rows = np.asarray(rows, np.int64)
         return cls(rows, np.broadcast_to(np.asarray(content_type, np.int64), rows.shape).copy(), lengths, values,
-                   text, None if created_at is None else np.asarray(created_at, np.float64))
+                   text, None if created_at is None else np.asarray(created_at, np.float64), embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,13 +309,22 @@ def history_events(events: pl.DataFrame, event_types: tuple[str, ...]) -> pl.Dat
 
 
 def sequences(events: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
-    """One row per user: user_id and the item indices and ids of their events in ``seq`` order."""
+    """One row per user: user_id and the item indices, ids and times (``ts``, null where the data
+    has none) of their events in ``seq`` order."""
+    ts = pl.col("ts") if "ts" in events.columns else pl.lit(None, pl.Int64).alias("ts")
     return (
         events.sort("user_id", "seq")
-        .with_columns(pl.Series("item_idx", spec.items.encode(events.sort("user_id", "seq")["item_id"])))
+        .with_columns(pl.Series("item_idx", spec.items.encode(events.sort("user_id", "seq")["item_id"])), ts)
         .group_by("user_id", maintain_order=True)
-        .agg(pl.col("item_idx"), pl.col("item_id"))
+        .agg(pl.col("item_idx"), pl.col("item_id"), pl.col("ts"))
     )
+
+
+def event_times(frame: pl.DataFrame) -> np.ndarray:
+    """(n,) float64 unix seconds of a frame's ``ts`` column; NaN where null or without one."""
+    if "ts" not in frame.columns:
+        return np.full(frame.height, np.nan)
+    return frame["ts"].cast(pl.Float64).fill_null(np.nan).to_numpy().astype(np.float64)
 
 
 def latest_histories(events: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
@@ -323,7 +336,8 @@ def latest_histories(events: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.nd
 def histories_before_each_event(events: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
     """Training examples: for every event, the user's previous `max_history` items (oldest first).
 
-    Returns user_id, user_idx, item_idx and item_id (the event's item) and history (list of item indices).
+    Returns user_id, user_idx, item_idx and item_id (the event's item), ts (its time, null when
+    unknown) and history (list of item indices).
     It is `latest_histories` evaluated just before each event, so training sees exactly what the
     server will compute.
     """
@@ -331,6 +345,7 @@ def histories_before_each_event(events: pl.DataFrame, spec: FeatureSpec) -> pl.D
     exploded = seqs.explode("pos").with_columns(
         pl.col("item_idx").list.get(pl.col("pos")).alias("target"),
         pl.col("item_id").list.get(pl.col("pos")).alias("target_id"),
+        pl.col("ts").list.get(pl.col("pos")).alias("ts"),
         pl.col("item_idx")
         .list.slice(pl.max_horizontal(pl.col("pos") - spec.max_history, pl.lit(0)),
                     pl.min_horizontal(pl.col("pos"), pl.lit(spec.max_history)))
@@ -341,6 +356,7 @@ def histories_before_each_event(events: pl.DataFrame, spec: FeatureSpec) -> pl.D
         pl.Series("user_idx", spec.users.encode(exploded["user_id"])),
         pl.col("target").alias("item_idx"),
         pl.col("target_id").alias("item_id"),
+        "ts",
         "history",
     )
 
@@ -373,3 +389,36 @@ def item_features_to_dict(features: ItemFeatures) -> dict[str, Any]:
 
 def item_features_from_dict(d: dict[str, Any]) -> ItemFeatures:
     return ItemFeatures(**{k: v.numpy() for k, v in d.items()})
+
+
+def item_age(event_time: np.ndarray, created_at: np.ndarray) -> np.ndarray:
+    """(B, 2) float32: log1p of the item's age in days at `event_time` (unix seconds; clamped at
+    0), and 1.0 where the age is unknown (either time NaN; the age column is then 0).
+
+    Example:
+        >>> item_age(np.array([86400.0 * 3, np.nan]), np.array([0.0, 0.0])).astype(float).round(3).tolist()
+        [[1.386, 0.0], [0.0, 1.0]]
+    """
+    days = (np.asarray(event_time, np.float64) - np.asarray(created_at, np.float64)) / 86_400.0
+    unknown = np.isnan(days)
+    age = np.log1p(np.clip(np.nan_to_num(days), 0.0, None))
+    return np.stack([age, unknown], axis=1).astype(np.float32)
+
+
+def time_context(event_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hour-of-day and day-of-week buckets of unix-second times (UTC): lengths (B,) and values.
+
+    Buckets: 1-24 the hour, 25-31 the weekday (Monday first); a NaN time has no values (length 0,
+    an all-zero pooled embedding), so datasets without timestamps carry no context.
+
+    Example:
+        >>> time_context(np.array([0.0, np.nan]))  # 1970-01-01 00:00 UTC was a Thursday
+        (array([2, 0]), array([ 1, 28]))
+    """
+    t = np.asarray(event_time, np.float64)
+    known = ~np.isnan(t)
+    seconds = t[known].astype(np.int64)
+    hour = (seconds // 3600) % 24
+    weekday = (seconds // 86_400 + 3) % 7  # day 0 was a Thursday (weekday 3)
+    values = np.stack([1 + hour, 25 + weekday], axis=1).reshape(-1)
+    return np.where(known, 2, 0).astype(np.int64), values.astype(np.int64)

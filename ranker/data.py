@@ -24,7 +24,7 @@ import polars as pl
 
 from feedcore.config import TaskConfig
 from feedcore.errors import DataError
-from feedcore.features import FeatureSpec, histories_before_each_event, pad_histories
+from feedcore.features import FeatureSpec, event_times, histories_before_each_event, pad_histories
 from ranker.model import SOURCE_IDS
 
 
@@ -35,13 +35,15 @@ class RankerExamples:
     history: np.ndarray  # (n, L)
     labels: np.ndarray  # (n, T), NaN = missing
     source: np.ndarray | None = None  # (n,) candidate-source ids; None = unknown
+    time: np.ndarray | None = None  # (n,) unix seconds of the event (a negative: its positive's); NaN/None = unknown
 
     def __len__(self) -> int:
         return len(self.item)
 
     def take(self, idx: np.ndarray) -> RankerExamples:
         source = None if self.source is None else self.source[idx]
-        return RankerExamples(self.user[idx], self.item[idx], self.history[idx], self.labels[idx], source)
+        time = None if self.time is None else self.time[idx]
+        return RankerExamples(self.user[idx], self.item[idx], self.history[idx], self.labels[idx], source, time)
 
     @staticmethod
     def concat(parts: list[RankerExamples]) -> RankerExamples:
@@ -49,6 +51,7 @@ class RankerExamples:
             np.concatenate([p.user for p in parts]), np.concatenate([p.item for p in parts]),
             np.concatenate([p.history for p in parts]), np.concatenate([p.labels for p in parts]),
             np.concatenate([p.source if p.source is not None else np.zeros(len(p), np.int64) for p in parts]),
+            np.concatenate([p.time if p.time is not None else np.full(len(p), np.nan) for p in parts]),
         )
 
 
@@ -79,6 +82,7 @@ def examples_from_log(
     # reading a column the log does not have (a dataset's own, like helpfulness) is unrecorded here.
     logged = tuple(dataclasses.replace(t, column="value") if t.column not in served.columns else t for t in tasks)
     aggs = [pl.col("source").drop_nulls().first().alias("_source"),
+            (pl.col("ts").min() if "ts" in served.columns else pl.lit(None, pl.Int64)).alias("ts"),
             *label_aggregations(logged, any_event=pl.col("event") != "impression")]
     rows = served.group_by(keys, maintain_order=True).agg(aggs)
     labels = rows.select([t.name for t in tasks]).to_numpy().astype(np.float32)
@@ -91,6 +95,7 @@ def examples_from_log(
                               spec.max_history),
         labels=labels,
         source=np.array([SOURCE_IDS.get(s, 0) for s in rows["_source"].to_list()], np.int64),
+        time=event_times(rows) / 1000.0,  # the log's ts is the wire's milliseconds
     )
 
 
@@ -158,7 +163,7 @@ def make_examples(
     else:
         rows = history_events.unique(["user_id", "item_id"], keep="first", maintain_order=True)
         rows = rows.select(
-            "user_id", "item_id",
+            "user_id", "item_id", pl.col("ts") if "ts" in rows.columns else pl.lit(None, pl.Int64).alias("ts"),
             pl.Series("user_idx", spec.users.encode(rows["user_id"])),
             pl.Series("item_idx", spec.items.encode(rows["item_id"])),
         )
@@ -167,7 +172,7 @@ def make_examples(
     labels_df = rows.select("user_id", "item_id").join(pair_labels(label_events, tasks),
                                                       on=["user_id", "item_id"], how="left", maintain_order="left")
     pos_labels = labels_df.select([t.name for t in tasks]).to_numpy().astype(np.float32)
-    user, item = rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy()
+    user, item, time = rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy(), event_times(rows)
 
     k = negatives_per_positive
     neg_item = rng.integers(1, len(spec.items), size=len(item) * k)
@@ -185,4 +190,5 @@ def make_examples(
         item=np.concatenate([item, neg_item]),
         history=np.concatenate([history, np.repeat(history, k, axis=0)]),
         labels=labels,
+        time=np.concatenate([time, np.repeat(time, k)]),
     )

@@ -5,8 +5,13 @@ gate per task), ``ple`` (one Customized Gate Control layer of Tang et al., RecSy
 experts plus experts owned by each task, each task's gate mixing the shared ones and its own) or
 ``shared`` (one shared bottom, no experts). Each task has its own tower and head.
 
+Optional inputs (`RankerFeatures`, each behind a ``[ranker]`` flag): the item's age and the
+retrieval model's user·item score as dense features, the title's text embedding projected by the
+dense arch, hour-of-day / day-of-week as a sparse ``context`` feature, and the history pooled by
+target attention against the candidate (DIN, Zhou et al., KDD 2018) instead of as a mean bag.
+
 Dimension letters: B batch, F sparse features, D embedding dim, Dd dense features, T tasks, E experts,
-H expert width.
+H expert width, L history length, X text dim.
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+    PoolingType,
+)
 from torchrec.inference.modules import quantize_embeddings
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
 from feedcore.config import TaskConfig
 
@@ -32,6 +45,54 @@ SPARSE_FEATURES = ("user_id", "item_id", "history", "content_type", "category", 
 CANDIDATE_SOURCES = ("unknown", "ann", "social", "follow", "popular", "generated")
 SOURCE_IDS = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
 DENSE_FEATURES = ("item_popularity", "user_activity")
+# `feedcore.features.time_context` buckets: 0 unknown, 1-24 hour of day, 25-31 day of week.
+NUM_CONTEXT_BUCKETS = 32
+HISTORY_POOLINGS = ("bag", "target_attention")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerFeatures:
+    """The optional inputs a model reads; saved with its args, so serving builds the same ones.
+
+    recency: dense log1p(item age in days) at the event / request time, and an "age unknown" flag.
+    retrieval_score: dense dot product of the retrieval model's user and item embeddings.
+    text_dim: X > 0 appends the item's (X,) title embedding to the dense input, projected to
+        `text_projection` dims by the dense arch; 0 = no text.
+    context: sparse hour-of-day and day-of-week buckets of the event / request time.
+    history_pooling: ``bag`` (mean of the history's item embeddings) or ``target_attention``.
+    """
+
+    recency: bool = False
+    retrieval_score: bool = False
+    text_dim: int = 0
+    text_projection: int = 8
+    context: bool = False
+    history_pooling: str = "bag"
+
+    def __post_init__(self) -> None:
+        if self.history_pooling not in HISTORY_POOLINGS:
+            raise ValueError(f"history_pooling={self.history_pooling!r}: expected one of {HISTORY_POOLINGS}")
+
+    @property
+    def num_extra_dense(self) -> int:
+        """Scalar dense columns these features add after the base ones (text excluded)."""
+        return 2 * self.recency + self.retrieval_score
+
+    @property
+    def sequence_features(self) -> tuple[str, ...]:
+        """Features looked up unpooled (an EmbeddingCollection): the candidate and the history
+        under target attention, none otherwise."""
+        return ("item_id", "history") if self.history_pooling == "target_attention" else ()
+
+    @property
+    def pooled_features(self) -> tuple[str, ...]:
+        """The features of the model's interaction input, one (B, D) vector each, in order."""
+        return SPARSE_FEATURES + (("context",) if self.context else ())
+
+    @property
+    def kjt_keys(self) -> tuple[str, ...]:
+        """KeyedJaggedTensor key order: pooled (EmbeddingBagCollection) keys, then sequence keys."""
+        return tuple(f for f in self.pooled_features if f not in self.sequence_features) + self.sequence_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,37 +113,103 @@ class RankerArgs:
     num_task_experts: int = 1  # per task, ple only
     expert_hidden: int = 64
     num_dense: int = len(DENSE_FEATURES)  # DENSE_FEATURES plus any extra dense inputs a job adds
+    features: RankerFeatures = RankerFeatures()
 
-    def tables(self) -> list[EmbeddingBagConfig]:
+    @property
+    def num_scalar_dense(self) -> int:
+        """Dense columns before the text embedding: base, job extras, then optional features."""
+        return self.num_dense + self.features.num_extra_dense
+
+    def tables(self) -> list[EmbeddingBagConfig | EmbeddingConfig]:
+        """The embedding tables; under target attention the item table is unpooled (EmbeddingConfig)."""
         d = self.embedding_dim
+        if self.features.sequence_features:
+            item = EmbeddingConfig(name="t_item", embedding_dim=d, num_embeddings=self.num_items,
+                                   feature_names=list(self.features.sequence_features))
+        else:
+            item = EmbeddingBagConfig(name="t_item", embedding_dim=d, num_embeddings=self.num_items,
+                                      feature_names=["item_id", "history"], pooling=PoolingType.MEAN)
+        context = ([EmbeddingBagConfig(name="t_context", embedding_dim=d, num_embeddings=NUM_CONTEXT_BUCKETS,
+                                       feature_names=["context"], pooling=PoolingType.MEAN)]
+                   if self.features.context else [])
         return [
             EmbeddingBagConfig(name="t_user", embedding_dim=d, num_embeddings=self.num_users,
                                feature_names=["user_id"]),
-            EmbeddingBagConfig(name="t_item", embedding_dim=d, num_embeddings=self.num_items,
-                               feature_names=["item_id", "history"], pooling=PoolingType.MEAN),
+            item,
             EmbeddingBagConfig(name="t_content_type", embedding_dim=d, num_embeddings=self.num_content_types,
                                feature_names=["content_type"]),
             EmbeddingBagConfig(name="t_category", embedding_dim=d, num_embeddings=self.num_categories,
                                feature_names=["category"], pooling=PoolingType.MEAN),
             EmbeddingBagConfig(name="t_source", embedding_dim=d, num_embeddings=len(CANDIDATE_SOURCES),
                                feature_names=["source"]),
+            *context,
         ]
 
 
-class SparseArch(nn.Module):
-    """Pooled embeddings of the sparse features through a TorchRec EmbeddingBagCollection.
+class TargetAttention(nn.Module):
+    """DIN-style pooling of a history against the candidate: each history item's weight comes from
+    an MLP over [h, c, h - c, h * c], softmax-normalised over the valid positions.
+
+    Args:
+        dim: D.
+        hidden: width of the attention MLP.
+
+    Example:
+        >>> TargetAttention(4)(torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [0, 0, 0]]).bool(), torch.randn(2, 4)).shape
+        torch.Size([2, 4])
 
     Returns:
-        (B, F * D) pooled embeddings, in `SPARSE_FEATURES` order.
+        (B, D) pooled history; zeros for an empty history.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(4 * dim, hidden, device=device), nn.ReLU(),
+                                   nn.Linear(hidden, 1, device=device))
+
+    def forward(self, history: torch.Tensor, valid: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        c = candidate.unsqueeze(1).expand_as(history)  # (B, L, D)
+        logits = self.score(torch.cat([history, c, history - c, history * c], dim=-1)).squeeze(-1)  # (B, L)
+        weights = logits.masked_fill(~valid, float("-inf")).softmax(dim=1).nan_to_num(0.0)  # (B, L)
+        return torch.einsum("bl,bld->bd", weights, history)
+
+
+class SparseArch(nn.Module):
+    """Embeddings of the sparse features through TorchRec: an EmbeddingBagCollection for pooled
+    features and, under target attention, an EmbeddingCollection for the candidate and the history
+    (the same item table, unpooled), pooled by `TargetAttention`.
+
+    Returns:
+        (B, F * D) pooled embeddings, in `RankerFeatures.pooled_features` order.
     """
 
     def __init__(self, args: RankerArgs, device: torch.device | None = None) -> None:
         super().__init__()
-        self.embedding_bag_collection = EmbeddingBagCollection(tables=args.tables(), device=device)
+        self.features = args.features
+        tables = args.tables()
+        self.embedding_bag_collection = EmbeddingBagCollection(
+            tables=[t for t in tables if isinstance(t, EmbeddingBagConfig)], device=device)
+        sequence = [t for t in tables if not isinstance(t, EmbeddingBagConfig)]
+        if sequence:
+            self.embedding_collection = EmbeddingCollection(tables=sequence, device=device)
+            self.target_attention = TargetAttention(args.embedding_dim, device=device)
+        self.num_pooled_keys = len(args.features.kjt_keys) - len(args.features.sequence_features)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.embedding_bag_collection(features)
-        return torch.cat([pooled[name] for name in SPARSE_FEATURES], dim=1)  # (B, F*D)
+        if not self.features.sequence_features:
+            pooled = self.embedding_bag_collection(features).to_dict()
+        else:
+            bags, sequences = features.split([self.num_pooled_keys, len(self.features.sequence_features)])
+            pooled = self.embedding_bag_collection(bags).to_dict()
+            jagged = self.embedding_collection(sequences)
+            candidate = jagged["item_id"].to_padded_dense(1)[:, 0]  # (B, D)
+            history = jagged["history"]
+            length = int(history.lengths().max()) if history.lengths().numel() else 0
+            dense = history.to_padded_dense(max(1, length))  # (B, L, D)
+            valid = torch.arange(dense.shape[1], device=dense.device) < history.lengths().unsqueeze(1)  # (B, L)
+            pooled["item_id"] = candidate
+            pooled["history"] = self.target_attention(dense, valid, candidate)
+        return torch.cat([pooled[name] for name in self.features.pooled_features], dim=1)  # (B, F*D)
 
 
 class CustomizedGateControl(nn.Module):
@@ -146,8 +273,11 @@ class MultiTaskRanker(nn.Module):
         self.task_names = [t.name for t in args.tasks]
         d = args.embedding_dim
         self.sparse_arch = SparseArch(args, device)
-        self.dense_arch = MLP(args.num_dense, [*args.dense_hidden, d], device=device)
-        width = (len(SPARSE_FEATURES) + 1) * d
+        text = args.features.text_dim
+        self.text_projection = (nn.Linear(text, args.features.text_projection, device=device) if text else None)
+        dense_in = args.num_scalar_dense + (args.features.text_projection if text else 0)
+        self.dense_arch = MLP(dense_in, [*args.dense_hidden, d], device=device)
+        width = (len(args.features.pooled_features) + 1) * d
         self.interaction_arch = LowRankCrossNet(width, args.cross_layers, low_rank=max(1, d // 2))
         num_tasks = len(args.tasks)
         if args.experts == "shared":
@@ -178,9 +308,17 @@ class MultiTaskRanker(nn.Module):
         model.load_state_dict(checkpoint.state_dict)
         return model.eval()
 
+    def dense_inputs(self, dense: torch.Tensor) -> torch.Tensor:
+        """(B, Dd) scalar dense features, with the trailing (B, X) text embedding projected."""
+        if self.text_projection is None:
+            return dense
+        n = self.args.num_scalar_dense
+        return torch.cat([dense[:, :n], self.text_projection(dense[:, n:])], dim=1)
+
     def logits(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """(B, T) raw outputs: logits for binary tasks, values for regression, log-rates for counts."""
-        x = self.interaction_arch(torch.cat([self.dense_arch(dense), self.sparse_arch(sparse)], dim=1))  # (B, W)
+        x = torch.cat([self.dense_arch(self.dense_inputs(dense)), self.sparse_arch(sparse)], dim=1)
+        x = self.interaction_arch(x)  # (B, W)
         if self.experts is None:
             inputs = [x] * len(self.task_heads)
         else:
@@ -227,4 +365,6 @@ class MultiTaskRankerTrain(nn.Module):
 def quantize_for_serving(model: MultiTaskRanker) -> MultiTaskRanker:
     """A copy of `model` whose embedding tables are int8, row-wise quantized (TorchRec's quantized
     EmbeddingBagCollection on fbgemm's n-bit kernels): about 4× smaller tables; the dense part stays fp32."""
-    return quantize_embeddings(copy.deepcopy(model).eval(), dtype=torch.qint8, inplace=True)
+    return quantize_embeddings(copy.deepcopy(model).eval(), dtype=torch.qint8, inplace=True,
+                               additional_qconfig_spec_keys=[EmbeddingCollection],
+                               additional_mapping={EmbeddingCollection: QuantEmbeddingCollection})

@@ -7,6 +7,7 @@ In one process this is a world of size 1; under `torchrun` the same code shards 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -24,18 +25,27 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from tqdm import tqdm
 
 from evaluation.metrics import auc, gauc
-from feedcore.artifacts import Checkpoint, save_model
+from feedcore.artifacts import Checkpoint, load_checkpoint, save_model
 from feedcore.config import EngineConfig, RankerConfig, resolve_device
 from feedcore.distributed import process_group
-from feedcore.errors import DataError
+from feedcore.errors import ArtifactError, DataError
 from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories
-from feedcore.prepare import load_training_inputs
+from feedcore.prepare import TrainingInputs, load_training_inputs
 from feedcore.splits import Split
-from ranker.batching import ranker_inputs
+from feedcore.text import TEXT_DIM, item_text_embeddings
+from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs
 from ranker.data import RankerExamples, examples_from_log, make_examples
-from ranker.model import MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
+from ranker.model import MultiTaskRanker, MultiTaskRankerTrain, RankerArgs, RankerFeatures
+from retrieval.model import TwoTower
 
 logger = logging.getLogger(__name__)
+
+
+def ranker_features(config: RankerConfig) -> RankerFeatures:
+    """The optional inputs `config` turns on."""
+    return RankerFeatures(recency=config.recency, retrieval_score=config.retrieval_score,
+                          text_dim=TEXT_DIM if config.text_features else 0, text_projection=config.text_projection,
+                          context=config.context, history_pooling=config.history_pooling)
 
 
 def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
@@ -53,7 +63,15 @@ def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
         num_shared_experts=config.num_shared_experts,
         num_task_experts=config.num_task_experts,
         expert_hidden=config.expert_hidden,
+        features=ranker_features(config),
     )
+
+
+def example_inputs(rows: RankerExamples, item_features: ItemFeatures, features: RankerFeatures,
+                   retrieval: RetrievalScorer | None, labels: bool = True) -> RankerBatch:
+    """`ranker_inputs` of training or validation examples, at each example's event time."""
+    return ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels if labels else None,
+                         source=rows.source, features=features, event_time=rows.time, retrieval=retrieval)
 
 
 def train_ranker(
@@ -65,9 +83,13 @@ def train_ranker(
     *,
     progress: bool = True,
     log: pl.DataFrame | None = None,
+    retrieval: RetrievalScorer | None = None,
 ) -> tuple[MultiTaskRanker | None, dict[str, float]]:
     """Train on `split.train` (and on served traffic from `log`, an event log's events, when
     given); return the unsharded inference model and validation metrics.
+
+    `item_features` must carry text when `config.text_features`, and `retrieval` is required
+    with `config.retrieval_score` (`train_ranker_job` provides both).
 
     Under torchrun every rank trains its shard; the gathered model and the metrics are returned on
     rank 0 only (other ranks get None).
@@ -85,6 +107,8 @@ def train_ranker(
                     int(np.nansum(served.labels, axis=1).astype(bool).sum()))
         train = RankerExamples.concat([train, served])
     args = model_args(config, spec)
+    if args.features.retrieval_score and retrieval is None:
+        raise ValueError("ranker retrieval_score = true needs the retrieval model's scorer")
 
     with process_group(device) as (rank, world_size):
         dmp, dense_optimizer = shard_for_training(MultiTaskRanker(args, device=torch.device("meta")), config,
@@ -99,8 +123,7 @@ def train_ranker(
                        disable=None if progress and rank == 0 else True)
             for b in bar:
                 rows = train.take(order[b * config.batch_size : (b + 1) * config.batch_size])
-                batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels,
-                                      source=rows.source).to(device)
+                batch = example_inputs(rows, item_features, args.features, retrieval).to(device)
                 loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
                 dense_optimizer.zero_grad()
                 loss.backward()
@@ -115,7 +138,8 @@ def train_ranker(
         return None, {}
     inference = MultiTaskRanker(args)
     inference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng)
+    metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng,
+                              retrieval=retrieval)
     return inference, {**metrics, "sharding": plan}
 
 
@@ -135,12 +159,16 @@ def fused_sharding_constraints(args: RankerArgs, device: str) -> dict[str, Param
     }
 
 
+_TABLE_MODULES = ("embedding_bag_collection", "embedding_collection")  # SparseArch's TorchRec modules
+
+
 def shard_for_training(
     model: MultiTaskRanker, config: RankerConfig, device: str, world_size: int
 ) -> tuple[DistributedModelParallel, KeyedOptimizerWrapper]:
     """Wrap `model` (built on the meta device) in DMP: tables planned onto fused kernels with
     RowWiseAdagrad applied in backward; Adam for the dense part. Call inside `process_group`."""
-    apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": config.sparse_learning_rate})
+    tables = [p for n, p in model.sparse_arch.named_parameters() if n.startswith(_TABLE_MODULES)]
+    apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": config.sparse_learning_rate})
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world_size, compute_device="cuda" if device.startswith("cuda") else "cpu"),
         constraints=fused_sharding_constraints(model.args, device),
@@ -148,7 +176,7 @@ def shard_for_training(
     train_module = MultiTaskRankerTrain(model)
     plan = planner.collective_plan(train_module, pg=dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(train_module, device=torch.device(device), plan=plan)
-    dense_params = {n: p for n, p in dmp.named_parameters() if "embedding_bag_collection" not in n}
+    dense_params = {n: p for n, p in dmp.named_parameters() if not any(m in n for m in _TABLE_MODULES)}
     dense_optimizer = KeyedOptimizerWrapper(
         dense_params, lambda params: torch.optim.Adam(params, lr=config.dense_learning_rate)
     )
@@ -178,13 +206,13 @@ def unsharded_state_dict(dmp: DistributedModelParallel) -> dict[str, torch.Tenso
 
 @torch.no_grad()
 def predict(model: MultiTaskRanker, examples: RankerExamples, item_features: ItemFeatures,
-            batch_size: int = 4096) -> np.ndarray:
+            batch_size: int = 4096, retrieval: RetrievalScorer | None = None) -> np.ndarray:
     """(n, T) predictions of `model` on `examples`."""
     model.eval()
     out = []
     for i in range(0, len(examples), batch_size):
         rows = examples.take(np.arange(i, min(i + batch_size, len(examples))))
-        batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, source=rows.source)
+        batch = example_inputs(rows, item_features, model.args.features, retrieval, labels=False)
         preds = model(batch.dense, batch.sparse)
         out.append(torch.stack([preds[t] for t in model.task_names], dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.task_names)), np.float32)
@@ -198,6 +226,7 @@ def evaluate_ranker(
     history_event_types: tuple[str, ...],
     config: RankerConfig,
     rng: np.random.Generator,
+    retrieval: RetrievalScorer | None = None,
 ) -> dict[str, float]:
     """AUC and GAUC per binary task on validation events (plus sampled negatives), scored with the
     user's full training history, as the server would."""
@@ -206,7 +235,7 @@ def evaluate_ranker(
     context = latest_histories(history_events(split.train, history_event_types), spec)
     valid = make_examples(history_events(split.valid, history_event_types), split.valid, spec, config.tasks,
                           config.negatives_per_positive, rng, context=context)
-    preds = predict(model, valid, item_features)
+    preds = predict(model, valid, item_features, retrieval=retrieval)
     metrics: dict[str, float] = {}
     for t, task in enumerate(config.tasks):
         if task.kind != "binary":
@@ -233,12 +262,39 @@ def train_ranker_job(
                             "(serving.event_log_dir, default <artifacts_dir>/event_log)")
         log = read_event_log(from_logs)
         logger.info("ranker: read %d logged events from %s", log.height, from_logs)
+    inputs = with_text(inputs, config) if config.ranker.text_features else inputs
+    retrieval, retrieval_version = (load_retrieval_scorer(config, inputs) if config.ranker.retrieval_score
+                                    else (None, None))
     model, metrics = train_ranker(config.ranker, inputs.spec, inputs.item_features, inputs.split,
-                                  config.data.history_events, progress=progress, log=log)
+                                  config.data.history_events, progress=progress, log=log, retrieval=retrieval)
     if log is not None and model is not None:
         metrics["log_events"] = float(log.height)
     if model is None:  # not rank 0: rank 0 saves the gathered model
         return None, {}
+    if retrieval_version is not None:  # serving refuses a ranker trained on another retrieval model's scores
+        metrics["retrieval_version"] = retrieval_version
+    # The item features saved are the ones trained on (with their text, when on), so serving reads the same.
     ckpt = save_model(config.ranker_path, kind="ranker", model=model, config=config.ranker, inputs=inputs,
                       history_events=config.data.history_events, metrics=metrics)
     return ckpt, metrics
+
+
+def with_text(inputs: TrainingInputs, config: EngineConfig) -> TrainingInputs:
+    """`inputs` whose item features carry the title embeddings, from the per-dataset cache that
+    retrieval training shares (computed once if missing)."""
+    text = item_text_embeddings(inputs.items, inputs.spec,
+                                Path(config.artifacts_dir) / "text" / f"titles-{inputs.data_fingerprint}.npy")
+    feats = dataclasses.replace(inputs.item_features, text=text.astype(np.float16))
+    return dataclasses.replace(inputs, item_features=feats)
+
+
+def load_retrieval_scorer(config: EngineConfig, inputs: TrainingInputs) -> tuple[RetrievalScorer, str]:
+    """The retrieval model's scorer for `[ranker] retrieval_score = true`, and its version."""
+    try:
+        ckpt = load_checkpoint(config.retrieval_path, "retrieval")
+    except ArtifactError as e:
+        raise ArtifactError(f"[ranker] retrieval_score = true reads the retrieval model's scores: {e}") from e
+    if ckpt.data_fingerprint != inputs.data_fingerprint:
+        raise ArtifactError(f"{config.retrieval_path} was trained on other data than the ranker's; run "
+                            "`feed train retrieval` first")
+    return RetrievalScorer.build(TwoTower.from_checkpoint(ckpt), ckpt.feature_spec, inputs.spec), ckpt.version
