@@ -45,11 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results" / "serving_load.json"
 
 
-def start_server(config: str) -> tuple[subprocess.Popen, str, int]:
-    """`feed serve` in its own process; returns it, its address and its metrics port."""
+def start_server(config: str, log: list[str] | None = None,
+                 command: list[str] | None = None) -> tuple[subprocess.Popen, str, int]:
+    """`feed serve` (or `command`, which must print the same ready line) in its own process;
+    returns it, its address and its metrics port. The server's log lines are appended to `log`
+    when one is given."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "feedcore.cli", "serve", "--config", config, "--port", "0"],
+        command or [sys.executable, "-m", "feedcore.cli", "serve", "--config", config, "--port", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = server.stdout.readline()
     if not line.startswith("FEED_SERVER_READY"):
@@ -60,6 +63,8 @@ def start_server(config: str) -> tuple[subprocess.Popen, str, int]:
 
     def drain() -> None:  # keep reading the server's log so its pipe never fills and blocks it
         for err in server.stderr:
+            if log is not None:
+                log.append(err.rstrip("\n"))
             if "metrics http://" in err and not found.is_set():  # "... metrics http://host:port/metrics)"
                 port_box.append(int(err.split("metrics http://")[1].split("/")[0].rsplit(":", 1)[1]))
                 found.set()
@@ -92,39 +97,54 @@ async def one(stub, user: str, page_size: int, started: float, latencies: list, 
         errors[e.code().name] += 1
 
 
-async def closed_loop(address, users, page_size, concurrency, seconds, rng):
+def open_channels(address: str, n: int) -> list[grpc.aio.Channel]:
+    """`n` channels, each its own TCP connection (a local subchannel pool: channels with the same
+    arguments would otherwise share one), so SO_REUSEPORT servers on one port each get some."""
+    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(n)]
+
+
+async def closed_loop(address, users, page_size, concurrency, seconds, rng, channels=1):
     latencies, errors = [], Counter()
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = feed_pb2_grpc.FeedServiceStub(channel)
+    chans = open_channels(address, channels)
+    try:
+        stubs = [feed_pb2_grpc.FeedServiceStub(c) for c in chans]
         end = time.perf_counter() + seconds
 
-        async def worker():
+        async def worker(w):
             while time.perf_counter() < end:
-                await one(stub, users[rng.integers(len(users))], page_size, time.perf_counter(), latencies, errors)
+                await one(stubs[w % len(stubs)], users[rng.integers(len(users))], page_size, time.perf_counter(),
+                          latencies, errors)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
+    finally:
+        for c in chans:
+            await c.close()
     return latencies, errors, elapsed
 
 
-async def open_loop(address, users, page_size, rate, seconds, rng):
+async def open_loop(address, users, page_size, rate, seconds, rng, channels=1):
     latencies, errors = [], Counter()
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = feed_pb2_grpc.FeedServiceStub(channel)
+    chans = open_channels(address, channels)
+    try:
+        stubs = [feed_pb2_grpc.FeedServiceStub(c) for c in chans]
         gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
         schedule = np.cumsum(gaps)
         schedule = schedule[schedule < seconds]
         start = time.perf_counter()
         tasks = []
-        for at in schedule:
+        for n, at in enumerate(schedule):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(stub, users[rng.integers(len(users))], page_size, start + at,
-                                                 latencies, errors)))
+            tasks.append(asyncio.create_task(one(stubs[n % len(stubs)], users[rng.integers(len(users))], page_size,
+                                                 start + at, latencies, errors)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    finally:
+        for c in chans:
+            await c.close()
     return latencies, errors, elapsed
 
 
