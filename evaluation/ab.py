@@ -280,11 +280,12 @@ def analyze(events: pl.DataFrame, config: ABConfig, metrics: tuple[Metric, ...] 
 # -- report --------------------------------------------------------------------------------------------
 def ab_figures(analysis: ABAnalysis) -> dict:
     """The report's figures: relative lifts with CIs, per-arm values with CIs, users per arm."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     figures = {}
     results = [r for r in analysis.results if np.isfinite(r.result.relative)]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(results), 2) + 1.2))
+    fig = Figure(figsize=(7, 0.45 * max(len(results), 2) + 1.2))
+    ax = fig.subplots()
     for y, r in enumerate(results):
         c = r.result
         lo, hi = c.ci_low / c.control, c.ci_high / c.control
@@ -302,7 +303,8 @@ def ab_figures(analysis: ABAnalysis) -> dict:
 
     key = [m for m in ("ctr", "engagements_per_user", "watch_dwell_s_per_user", "impressions_per_user")
            if m in analysis.arms[0].values]
-    fig, axes = plt.subplots(1, max(len(key), 1), figsize=(3.2 * max(len(key), 1), 3), squeeze=False)
+    fig = Figure(figsize=(3.2 * max(len(key), 1), 3))
+    axes = fig.subplots(1, max(len(key), 1), squeeze=False)
     for ax, m in zip(axes[0], key, strict=False):
         means = [a.values[m][0] for a in analysis.arms]
         errs = [1.96 * a.values[m][1] for a in analysis.arms]
@@ -314,7 +316,8 @@ def ab_figures(analysis: ABAnalysis) -> dict:
     figures["arms"] = fig
 
     srm = analysis.srm
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     x = np.arange(len(srm.arms))
     ax.bar(x - 0.2, srm.observed, 0.4, label="observed users")
     ax.bar(x + 0.2, srm.expected, 0.4, label="expected (configured shares)")

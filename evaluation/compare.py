@@ -179,12 +179,27 @@ def _gauc_resampled(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, w
 
 # -- scoring real engines ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class _Examples:
-    """The ranker examples both engines score (built once, with A's feature spec)."""
+class RankerHeldOut:
+    """The ranker examples engines are scored on (built once, with one engine's feature spec)."""
 
     spec: object  # feedcore.features.FeatureSpec
     examples: object  # ranker.data.RankerExamples
     tasks: tuple[str, ...]
+
+
+def ranker_held_out(engine_config, history: pl.DataFrame, heldout: pl.DataFrame, label_events: pl.DataFrame,
+                    compare: CompareConfig) -> RankerHeldOut:
+    """Held-out positives plus `compare.negatives_per_positive` sampled negatives each (seeded),
+    scored with each user's full history, as the server would; labels from `label_events`."""
+    from feedcore.artifacts import load_checkpoint
+    from feedcore.features import latest_histories
+    from ranker.data import make_examples
+
+    spec = load_checkpoint(engine_config.ranker_path, "ranker").feature_spec
+    tasks = engine_config.ranker.tasks
+    examples = make_examples(heldout, label_events, spec, tasks, compare.negatives_per_positive,
+                             np.random.default_rng(compare.seed), context=latest_histories(history, spec))
+    return RankerHeldOut(spec, examples, tuple(t.name for t in tasks))
 
 
 def held_out_data(dataset_config, compare: CompareConfig):
@@ -203,7 +218,7 @@ def held_out_data(dataset_config, compare: CompareConfig):
 
 
 def score_engine(name: str, engine_config, inputs, history: pl.DataFrame, heldout: pl.DataFrame,
-                 examples: _Examples) -> HeldOutScores:
+                 examples: RankerHeldOut) -> HeldOutScores:
     """Load an engine's retrieval model and ranker and score the held-out rows and examples."""
     from feedcore.artifacts import load_checkpoint
     from feedcore.errors import ArtifactError
@@ -247,17 +262,9 @@ def score_engine(name: str, engine_config, inputs, history: pl.DataFrame, heldou
 def compare_engines(config_a, config_b, dataset_config, compare: CompareConfig,
                     names: tuple[str, str] = ("A", "B")) -> OfflineComparison:
     """`feed eval compare`: score both engines on `dataset_config`'s held-out data and compare."""
-    from feedcore.artifacts import load_checkpoint
-    from feedcore.features import latest_histories
-    from ranker.data import make_examples
-
     inputs, history, heldout, label_events = held_out_data(dataset_config, compare)
-    ranker_a = load_checkpoint(config_a.ranker_path, "ranker")
-    spec = ranker_a.feature_spec
-    tasks = config_a.ranker.tasks
-    examples = make_examples(heldout, label_events, spec, tasks, compare.negatives_per_positive,
-                             np.random.default_rng(compare.seed), context=latest_histories(history, spec))
-    bundle = _Examples(spec, examples, tuple(t.name for t in tasks))
+    bundle = ranker_held_out(config_a, history, heldout, label_events, compare)
+    spec, examples, tasks = bundle.spec, bundle.examples, config_a.ranker.tasks
     a = score_engine(names[0], config_a, inputs, history, heldout, bundle)
     b = score_engine(names[1], config_b, inputs, history, heldout, bundle)
     user_ids = sorted(set(heldout["user_id"].to_list()))
@@ -279,10 +286,11 @@ def compare_engines(config_a, config_b, dataset_config, compare: CompareConfig,
 # -- report -------------------------------------------------------------------------------------------
 def compare_figures(result: OfflineComparison) -> dict:
     """Metric values of A and B with bootstrap CIs, the B − A forest plot, calibration curves."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
     overall = [d for d in result.deltas if d.group == "all"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(overall)), 3.5))
+    fig = Figure(figsize=(max(6, 0.8 * len(overall)), 3.5))
+    ax = fig.subplots()
     x = np.arange(len(overall))
     for offset, name, values, cis in ((-0.2, result.a, [d.a for d in overall], [d.a_ci for d in overall]),
                                       (0.2, result.b, [d.b for d in overall], [d.b_ci for d in overall])):
@@ -294,7 +302,8 @@ def compare_figures(result: OfflineComparison) -> dict:
     fig.tight_layout()
     figures = {"metrics": fig}
 
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(result.deltas) + 1.2))
+    fig = Figure(figsize=(7, 0.3 * len(result.deltas) + 1.2))
+    ax = fig.subplots()
     for y, d in enumerate(result.deltas):
         color = "tab:gray" if d.ci_low <= 0 <= d.ci_high else ("tab:green" if d.delta > 0 else "tab:red")
         ax.errorbar(d.delta, y, xerr=[[max(d.delta - d.ci_low, 0)], [max(d.ci_high - d.delta, 0)]], fmt="o",
@@ -308,7 +317,8 @@ def compare_figures(result: OfflineComparison) -> dict:
 
     tasks = sorted(result.calibration.get(result.a, {}))
     if tasks:
-        fig, axes = plt.subplots(1, len(tasks), figsize=(3.5 * len(tasks), 3.3), squeeze=False)
+        fig = Figure(figsize=(3.5 * len(tasks), 3.3))
+        axes = fig.subplots(1, len(tasks), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
             for name in (result.a, result.b):
                 weight, pred, observed = result.calibration[name][task]

@@ -3,7 +3,8 @@
 `write_report(directory, markdown, figures)` renders every matplotlib figure to
 ``<directory>/<name>.png`` and the markdown to ``<directory>/report.md`` inside a temporary
 directory that is renamed onto `directory` only once everything is written, so a failed run leaves
-the previous report (or nothing), never half of one. Figures use the Agg backend (no display).
+the previous report (or nothing), never half of one. Figures are `matplotlib.figure.Figure`s built
+without pyplot: rendered by the Agg canvas, no display, no global figure state (thread-safe).
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: reports are written by CLI runs and tests
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from feedcore.io import atomic_path  # noqa: E402
+from feedcore.io import atomic_path
 
 SIMULATION_BANNER = (
     "> **SIMULATION.** Every number in this report comes from simulated users (`evaluation.simulator`):\n"
@@ -36,8 +33,7 @@ def write_report(directory: str | Path, markdown: str, figures: dict[str, Figure
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         for name, figure in figures.items():
-            figure.savefig(tmp / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(figure)
+            figure.savefig(tmp / f"{name}.png", dpi=110, bbox_inches="tight")  # Agg canvas: headless
         (tmp / "report.md").write_text(markdown)
     return directory / "report.md"
 

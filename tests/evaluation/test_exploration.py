@@ -1,0 +1,114 @@
+"""Exploring arms: sampled orders with exact propensities, served and logged by the real service."""
+
+import dataclasses
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from feedcore.errors import DataError
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from ranker.exploration import ExplorationConfig, epsilon_greedy_sample, explore
+from serving.event_log import EventLog, read_event_log
+from serving.experiments import load_experiment
+from serving.server import create_server
+
+ARMS = """
+name = "ope"
+salt = "o"
+[[arms]]
+name = "control"
+share = 1.0
+[[arms]]
+name = "uniform"
+share = 0.0
+exploration = { kind = "epsilon_greedy", epsilon = 1.0, depth = 5 }
+[[arms]]
+name = "pl"
+share = 0.0
+exploration = { kind = "plackett_luce", temperature = 0.05, depth = 5 }
+"""
+
+
+def test_epsilon_greedy_draws_match_their_propensities():
+    rng = np.random.default_rng(0)
+    draws = [epsilon_greedy_sample(np.arange(4), 0.5, 2, rng) for _ in range(8000)]
+    first = np.bincount([o[0] for o, _ in draws], minlength=4) / len(draws)
+    np.testing.assert_allclose(first, [0.5 + 0.125, 0.125, 0.125, 0.125], atol=0.015)
+    # p(0 then 1) = 0.625 * (0.5 + 0.5/3): the product of the logged conditionals
+    pair = np.mean([o[0] == 0 and o[1] == 1 for o, _ in draws])
+    assert pair == pytest.approx(0.625 * (0.5 + 0.5 / 3), abs=0.015)
+    logged = next(p for o, p in draws if o[0] == 0 and o[1] == 1)
+    assert logged.prod() == pytest.approx(0.625 * (0.5 + 0.5 / 3))
+
+
+def test_explore_keeps_every_item_once_and_the_blended_tail():
+    order = np.array([4, 2, 0, 1, 3, 5])
+    served, p = explore(order, np.arange(6.0), ExplorationConfig("plackett_luce", temperature=1.0, depth=2),
+                        np.random.default_rng(1))
+    assert sorted(served) == list(range(6)) and np.all(p[2:] == 1.0) and np.all((p[:2] > 0) & (p[:2] < 1))
+    assert [i for i in order if i not in served[:2]] == served[2:].tolist()
+
+
+def test_an_arm_explores_only_with_valid_settings(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(ARMS)
+    arms = load_experiment(path).arms
+    assert arms[1].exploration == ExplorationConfig("epsilon_greedy", epsilon=1.0, depth=5) and arms[0].exploration is None
+    path.write_text(ARMS.replace('"epsilon_greedy"', '"softmax"'))
+    with pytest.raises(DataError, match="exploration.kind"):
+        load_experiment(path)
+
+
+@pytest.fixture(scope="module")
+def served(sim_engine, sim_pipeline, tmp_path_factory):
+    config = sim_engine[0]
+    directory = tmp_path_factory.mktemp("exploration")
+    (directory / "exp.toml").write_text(ARMS)
+    log = EventLog(directory / "log")
+    running = create_server(dataclasses.replace(config.serving, experiments_file=str(directory / "exp.toml")),
+                            sim_pipeline, log)
+    running.server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield feed_pb2_grpc.FeedServiceStub(channel), log, directory / "log", config.serving.api_keys[0]
+    running.server.stop(0).wait()
+    log.close()
+
+
+def _page(stub, arm, cursor="", size=4, user="1"):
+    return stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, page_size=size, cursor=cursor,
+                                                experiment_overrides={"ope": arm}), timeout=30)
+
+
+def test_served_propensities_are_the_arms_probabilities(served):
+    stub = served[0]
+    first = _page(stub, "uniform")
+    second = _page(stub, "uniform", first.next_cursor)
+    items = list(first.items) + list(second.items)
+    assert len({i.item_id for i in items}) == 8  # one draw per session: pages never repeat
+    p = [i.propensity for i in items]
+    n = round(1 / p[0])  # uniform over the n remaining candidates, position by position
+    assert n > 20
+    np.testing.assert_allclose(p[:5], [1 / (n - j) for j in range(5)])
+    assert p[5:] == [1.0, 1.0, 1.0]  # after `depth`, the blended order
+    time.sleep(0.01)
+    assert [i.item_id for i in _page(stub, "uniform", size=8).items] != [i.item_id for i in items]  # new session
+    assert {i.propensity for i in _page(stub, "control").items} == {0.0}
+    pl_items = _page(stub, "pl", size=8).items
+    assert all(0 < i.propensity <= 1 for i in pl_items) and [i.propensity for i in pl_items][5:] == [1.0] * 3
+
+
+def test_logged_propensities_reach_the_event_log(served):
+    stub, log, log_dir, key = served
+    page = _page(stub, "uniform", user="2")
+    events = [feed_pb2.Event(user_id="2", item_id=i.item_id, event="impression", request_id=page.request_id,
+                             position=i.position, experiment_arm=page.experiment_arm, propensity=i.propensity)
+              for i in page.items]
+    stub.LogEvents(iter(events), metadata=[("x-api-key", key)], timeout=30)
+    logged = read_event_log(log_dir).filter(read_event_log(log_dir)["request_id"] == page.request_id)
+    assert logged["propensity"].to_list() == [i.propensity for i in page.items]
+    bad = feed_pb2.Event(user_id="2", item_id=page.items[0].item_id, event="click", propensity=1.5)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.LogEvents(iter([bad]), metadata=[("x-api-key", key)], timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "propensity" in e.value.details()
