@@ -64,6 +64,9 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if not 1 <= request.page_size <= self.config.max_page_size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"page_size must be 1..{self.config.max_page_size}, got {request.page_size}")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # queued past its deadline: the client has given up
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed before it was served")
         experiment = self.experiments.current()
         forced = request.experiment_overrides.get(experiment.name)
         try:
