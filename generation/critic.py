@@ -17,11 +17,14 @@ kept. The score is
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from generation.interface import LanguageModel, Prompt, SourceItem
+
+logger = logging.getLogger(__name__)
 
 ValueFn = Callable[[str, list[str], list[SourceItem]], np.ndarray]
 """value_fn(user_id, texts, sources) -> (n,) the feed's predicted value of each text for the user."""
@@ -47,11 +50,15 @@ class Critic:
         >>> critic = Critic(None, lambda user, texts, sources: np.array([len(t) for t in texts], float))
         >>> critic.score([("u1", "prompt", ["short", "a longer one"], [])])
         [array([ 5., 12.])]
+        >>> broken = Critic(None, lambda user, texts, sources: 1 / 0)
+        >>> broken.score([("u1", "prompt", ["short"], [])]), broken.value_errors
+        ([array([0.])], 1)
     """
 
     def __init__(self, lm: LanguageModel | None = None, value_fn: ValueFn | None = None,
                  config: CriticConfig = CriticConfig()) -> None:
         self.lm, self.value_fn, self.config = lm, value_fn, config
+        self.value_errors = 0  # value_fn calls that raised (their candidates scored by fluency only)
 
     def score(self, groups: Sequence[tuple[str, Prompt, list[str], list[SourceItem]]]) -> list[np.ndarray]:
         """The score of every candidate, per group of one user's candidates.
@@ -71,7 +78,13 @@ class Critic:
         for user_id, _, texts, sources in groups:
             value = np.zeros(len(texts))
             if self.value_fn is not None and texts:
-                value = np.asarray(self.value_fn(user_id, list(texts), list(sources)), dtype=np.float64).reshape(-1)
+                try:
+                    value = np.asarray(self.value_fn(user_id, list(texts), list(sources)),
+                                       dtype=np.float64).reshape(len(texts))
+                except Exception:
+                    # A failing ranker must not cost the user their post: fluency alone decides.
+                    self.value_errors += 1
+                    logger.exception("critic: value_fn failed for user %s; scoring by fluency only", user_id)
             out.append(self.config.value_weight * value
                        + self.config.fluency_weight * fluency[at:at + len(texts)])
             at += len(texts)
