@@ -9,6 +9,7 @@ without pyplot: rendered by the Agg canvas, no display, no global figure state (
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def write_report(directory: str | Path, markdown: str, figures: dict[str, Figure
             figure.savefig(tmp / f"{name}.png", dpi=110, bbox_inches="tight")  # Agg canvas: headless
         (tmp / "report.md").write_text(markdown)
     return directory / "report.md"
+
+
+def figure_png(figure: Figure) -> bytes:
+    """A figure as PNG bytes (for notebooks: ``IPython.display.Image(data=figure_png(fig))``)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def fmt(value: float, digits: int = 4) -> str:

@@ -59,3 +59,24 @@ def test_two_real_engines_on_the_same_held_out_data(sim_engine, tmp_path):
     assert "paired bootstrap over users" in path.read_text()
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"report.md", "metrics.png", "deltas.png",
                                                               "calibration.png"}
+
+
+def test_feed_eval_compare_command(sim_engine, tmp_path, capsys):
+    import json
+
+    from feedcore.cli import main
+
+    config = sim_engine[0]
+    toml = tmp_path / "a.toml"
+    toml.write_text(f'artifacts_dir = "{config.artifacts_dir}"\n[data]\ndataset = "canonical"\n'
+                    f'raw_root = "{config.data.raw_root}"\nmax_history = {config.data.max_history}\n'
+                    'history_events = ["rating"]\n')
+    main(["eval", "compare", str(toml), str(toml), "--dataset", str(toml), "--split", "valid", "--resamples", "30",
+          "--out", str(tmp_path / "report")])
+    out = json.loads(capsys.readouterr().out)
+    assert "hr@10[all]" in out["deltas"] and (tmp_path / "report" / "deltas.png").is_file()
+    other = tmp_path / "other.toml"  # an engine trained on other data is refused, naming the command to run
+    other.write_text(toml.read_text().replace(config.artifacts_dir, str(tmp_path / "none")))
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "compare", str(toml), str(other), "--dataset", str(toml), "--out", str(tmp_path / "r2")])
+    assert e.value.code == 2
