@@ -70,43 +70,85 @@ def blend(
         return by_value
 
     depth = min(config.depth, len(by_value))
-    span = values[by_value].max() - values[by_value].min()
-    scaled = (values - values[by_value].min()) / span if span > 0 else np.zeros(n)
     types = np.asarray(content_types, dtype=object)
     # Types without a share split what the listed ones leave; dict order = first appearance by value.
     present_types = list(dict.fromkeys(types[by_value]))
     unlisted = [t for t in present_types if t not in config.type_shares]
     leftover = max(0.0, 1.0 - sum(config.type_shares.values())) / max(1, len(unlisted))
-    shares = {t: config.type_shares.get(t, leftover) for t in present_types}
-    placed = {t: 0 for t in shares}
+    shares = np.array([config.type_shares.get(t, leftover) for t in present_types])
+    code_of = {t: k for k, t in enumerate(present_types)}
+    codes = np.array([code_of.get(t, -1) for t in content_types], np.int64)  # -1: only excluded items
+    if config.diversity == 0 and not (config.creator_cap and creators is not None):
+        order = _merge_by_type(by_value, codes, shares, depth)
+    else:
+        order = _greedy(values, by_value, keep, codes, shares, depth, config, creators, embeddings)
+    placed = np.zeros(n, bool)
+    placed[order] = True
+    rest = by_value[~placed[by_value]]
+    return np.concatenate([order, rest])
+
+
+def _wanted_type(shares: np.ndarray, placed: np.ndarray, present: np.ndarray, position: int) -> int:
+    """The present type furthest below its target share (ties: the first in order of appearance)."""
+    deficit = np.where(present, shares * (position + 1) - placed, -np.inf)
+    return int(np.argmax(deficit))
+
+
+def _merge_by_type(by_value: np.ndarray, codes: np.ndarray, shares: np.ndarray, depth: int) -> np.ndarray:
+    """Type shares alone: each type's items in value order, merged by the share rule (the fast
+    path of `_greedy` without diversity or creator caps, O(depth x types))."""
+    if len(shares) == 1:  # one type present: its value order
+        return by_value[:depth]
+    queues = [by_value[codes[by_value] == k] for k in range(len(shares))]
+    heads = np.zeros(len(shares), np.int64)
+    lengths = np.array([len(q) for q in queues])
+    placed = np.zeros(len(shares))
+    order = np.empty(depth, np.int64)
+    for position in range(depth):
+        k = _wanted_type(shares, placed, heads < lengths, position)
+        order[position] = queues[k][heads[k]]
+        heads[k] += 1
+        placed[k] += 1
+    return order
+
+
+def _greedy(values: np.ndarray, by_value: np.ndarray, keep: np.ndarray, codes: np.ndarray, shares: np.ndarray,
+            depth: int, config: BlendConfig, creators: Sequence[str | None] | None,
+            embeddings: np.ndarray | None) -> np.ndarray:
+    """Position by position: the wanted type, then the best MMR score among its uncapped items."""
+    n = len(values)
+    span = values[by_value].max() - values[by_value].min()
+    scaled = (values - values[by_value].min()) / span if span > 0 else np.zeros(n)
     if config.diversity > 0:
         if embeddings is None:
             raise ValueError("blend: diversity > 0 needs item embeddings")
         unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         max_sim = np.full(n, -1.0)
+    capping = bool(config.creator_cap) and creators is not None
+    if capping:
+        creator_codes = {c: k for k, c in enumerate(dict.fromkeys(c for c in creators if c is not None))}
+        creator_of = np.array([creator_codes.get(c, -1) if c is not None else -1 for c in creators], np.int64)
     available = keep.copy()
+    placed = np.zeros(len(shares))
     order: list[int] = []
     for position in range(depth):
         eligible = available.copy()
-        if config.creator_cap and creators is not None:
+        if capping:
             # The window is the new position and the creator_window - 1 before it.
-            recent = [creators[i] for i in order[max(0, len(order) - config.creator_window + 1):]]
-            full = {c for c in set(recent) if c is not None and recent.count(c) >= config.creator_cap}
-            capped = eligible & np.array([c in full for c in creators], bool)
+            recent = creator_of[order[max(0, len(order) - config.creator_window + 1):]]
+            counts = np.bincount(recent[recent >= 0], minlength=len(creator_codes))
+            full = np.flatnonzero(counts >= config.creator_cap)
+            capped = eligible & np.isin(creator_of, full)
             if capped.sum() < eligible.sum():  # the cap yields only when every remaining item is capped
                 eligible &= ~capped
-        if shares:
-            present = [t for t in shares if (eligible & (types == t)).any()]
-            # The type furthest below its target share (ties: the one whose best item ranks first).
-            wanted = max(present, key=lambda t: shares[t] * (position + 1) - placed[t])
-            eligible &= types == wanted
+        present = np.bincount(codes[eligible & (codes >= 0)], minlength=len(shares)) > 0
+        eligible &= codes == _wanted_type(shares, placed, present, position)
         score = scaled if config.diversity == 0 else (1 - config.diversity) * scaled - config.diversity * max_sim
         candidates = np.flatnonzero(eligible)
         best = int(candidates[np.argmax(score[candidates])])
         order.append(best)
         available[best] = False
-        placed[types[best]] += 1
+        placed[codes[best]] += 1
         if config.diversity > 0:
             max_sim = np.maximum(max_sim, unit @ unit[best])
-    rest = by_value[available[by_value]]
-    return np.concatenate([np.asarray(order, np.int64), rest])
+    return np.asarray(order, np.int64)

@@ -78,3 +78,25 @@ def test_bad_blend_config_is_refused(kwargs, message):
 def test_diversity_needs_embeddings():
     with pytest.raises(ValueError, match="embeddings"):
         blend(np.array([1.0, 0.5]), ["a", "a"], BlendConfig(diversity=0.2))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(["video", "post", "product", "generated"]), min_size=1, max_size=80),
+       st.floats(0.0, 0.5), st.integers(1, 100), st.integers(0, 10_000))
+def test_the_type_merge_fast_path_equals_the_greedy_reference(types, share, depth, seed):
+    """Type shares without diversity or caps take `_merge_by_type`; `_greedy` is its reference."""
+    from ranker.blender import _greedy, _merge_by_type
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 5, len(types)).astype(float)  # ties on purpose
+    config = BlendConfig(type_shares={"generated": share, "post": share / 2}, depth=depth)
+    by_value = np.argsort(-values, kind="stable")
+    present = list(dict.fromkeys(np.array(types, dtype=object)[by_value]))
+    leftover = (1 - sum(config.type_shares.values())) / max(1, len([t for t in present if t not in config.type_shares]))
+    shares = np.array([config.type_shares.get(t, leftover) for t in present])
+    codes = np.array([present.index(t) for t in types])
+    depth = min(depth, len(types))
+    fast = _merge_by_type(by_value, codes, shares, depth)
+    reference = _greedy(values, by_value, np.ones(len(types), bool), codes, shares, depth, config, None, None)
+    assert fast.tolist() == reference.tolist()
+    assert blend(values, types, config)[:depth].tolist() == fast.tolist()
