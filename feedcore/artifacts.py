@@ -1,9 +1,10 @@
 """Saving and loading model artifacts that carry everything needed to rebuild them.
 
 A checkpoint is one file: ``{"format", "kind", "version", "config", "feature_spec",
-"data_fingerprint", "state_dict", "extras"}`` (like nanoGPT's checkpoint dict). Serving rebuilds the
-exact model training produced from it; a missing, truncated or foreign file raises ArtifactError
-with a message saying what to run.
+"data_fingerprint", "state_dict", "weights_sha256", "extras"}`` (like nanoGPT's checkpoint dict).
+Serving rebuilds the exact model training produced from it; a missing, truncated or foreign file
+raises ArtifactError with a message saying what to run, and so does one whose weights no longer
+match their SHA-256 (bytes garbled on disk can still unpickle into wrong weights).
 """
 
 from __future__ import annotations
@@ -38,14 +39,19 @@ class Checkpoint:
     extras: dict[str, Any]
 
 
-def new_version(kind: str, state_dict: dict[str, torch.Tensor]) -> str:
-    """``<kind>-<UTC time>-<content hash>``: sortable, and unique to the weights."""
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names and bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
         h.update(name.encode())
-        h.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+        h.update(state_dict[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def new_version(kind: str, state_dict: dict[str, torch.Tensor]) -> str:
+    """``<kind>-<UTC time>-<content hash>``: sortable, and unique to the weights."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{kind}-{stamp}-{h.hexdigest()[:8]}"
+    return f"{kind}-{stamp}-{weights_digest(state_dict)[:8]}"
 
 
 def save_checkpoint(
@@ -72,6 +78,7 @@ def save_checkpoint(
             "feature_spec": feature_spec.to_dict(),
             "data_fingerprint": data_fingerprint,
             "state_dict": state_dict,
+            "weights_sha256": weights_digest(state_dict),
             "extras": ckpt.extras,
         },
         buffer,
@@ -96,6 +103,9 @@ def load_checkpoint(path: str | Path, kind: str) -> Checkpoint:
     missing = sorted({"version", "config", "feature_spec", "data_fingerprint", "state_dict", "extras"} - set(raw))
     if missing:
         raise ArtifactError(f"{path}: incomplete {kind} checkpoint, missing {missing}; retrain with `feed train {kind}`")
+    if "weights_sha256" in raw and weights_digest(raw["state_dict"]) != raw["weights_sha256"]:
+        raise ArtifactError(f"{path}: corrupt {kind} checkpoint: its weights do not match their SHA-256; retrain "
+                            f"with `feed train {kind}`")
     return Checkpoint(
         kind=raw["kind"],
         version=raw["version"],
