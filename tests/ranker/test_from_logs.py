@@ -58,7 +58,8 @@ def test_train_ranker_from_logs_learns_the_logged_behaviour(trained_engine, tmp_
     from ranker.model import MultiTaskRanker
     from ranker.train import predict, train_ranker_job
 
-    for part in ("data", "splits"):  # the trained engine's prepared data; its models stay untouched
+    # The trained engine's prepared data and retrieval model (the ranker may read its scores); its ranker stays untouched.
+    for part in ("data", "splits", "retrieval"):
         shutil.copytree(trained_engine.prepared_dir.parent / part, tmp_path / "a" / part)
     tasks = (TaskConfig("engage", event="rating"), TaskConfig("click", event="click"))
     config = dataclasses.replace(trained_engine, artifacts_dir=str(tmp_path / "a"),
