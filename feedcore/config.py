@@ -176,6 +176,9 @@ class ServingConfig:
     # on top of them oversubscribe the cores (1 measured best on 2 cores, benchmarks/serving_load.py).
     torch_threads: int = 1
     max_request_bytes: int = 4 << 20  # larger requests get RESOURCE_EXHAUSTED
+    # RPCs in progress at once; more get RESOURCE_EXHAUSTED at once instead of queueing for
+    # seconds under overload (gRPC's maximum_concurrent_rpcs). 0: unbounded.
+    max_concurrent_rpcs: int = 0
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

@@ -12,6 +12,7 @@ import threading
 from concurrent import futures
 from typing import NamedTuple
 
+import faiss
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,6 +48,7 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # beyond it: RESOURCE_EXHAUSTED
     )
     metrics = ServiceMetrics()
     health_servicer = health.HealthServicer()
@@ -74,6 +76,7 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     the generative module loads first and writes posts in the background (`serving.generated_posts`)."""
     config = engine.serving
     torch.set_num_threads(config.torch_threads)
+    faiss.omp_set_num_threads(config.torch_threads)  # searches run in parallel on the workers already
     running = create_server(config, pipeline, event_log)
     server, port, health_servicer = running.server, running.port, running.health
     posts = None

@@ -110,3 +110,34 @@ def test_new_models_swap_in_under_load_without_a_failed_request(engine_copy):
         running.server.stop(0).wait()
     assert not errors, errors[:3]
     assert old in versions and new in versions and reloader.reloads == 1
+
+
+def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(trained_engine, tmp_path):
+    """Under overload a request gets RESOURCE_EXHAUSTED instead of waiting in a queue."""
+    from serving.event_log import EventLog
+
+    config = dataclasses.replace(trained_engine.serving, max_concurrent_rpcs=1, api_keys=("k",))
+    log = EventLog(tmp_path / "log")
+    running = create_server(config, FeedPipeline.from_artifacts(trained_engine), log)
+    running.server.start()
+    release = threading.Event()
+
+    def held_open():  # a LogEvents stream that holds the only slot until released
+        release.wait(30)
+        yield feed_pb2.Event(user_id="1", item_id="1", event="click")
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            pending = stub.LogEvents.future(held_open(), metadata=[("x-api-key", "k")], timeout=60)
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=5), timeout=30)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            release.set()
+            assert pending.result().accepted == 1
+            assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=5), timeout=30).items) == 5
+    finally:
+        release.set()
+        running.server.stop(0).wait()
+        log.close()
