@@ -149,14 +149,17 @@ class ProcessLanguageModel:
                 self._send((next(self._ids), "cancel", (request_id,), {}))
                 self._drain(request_id, replies)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the child: it exits after its loop ends; one still decoding after `timeout_s` is
+        killed. Calls still waiting get an error."""
         try:
             self._send(None)
         except (OSError, BrokenPipeError):
             pass
-        self._process.join(10)
+        self._process.join(timeout_s)
         if self._process.is_alive():
             self._process.kill()
+            self._process.join(timeout_s)
 
     # -- the pipe --
 

@@ -152,12 +152,14 @@ class GeneratedPosts:
                 self.cache.put(piece)
             yield piece
 
-    def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop writing: the model's own process first (the batch under way ends with an error the
+        worker logs, instead of holding a graceful shutdown for minutes), then the worker."""
         close = getattr(self.writer.lm if self.writer is not None else None, "close", None)
-        if close is not None:  # the language model's own process
+        if close is not None:
             close()
+        if self.worker is not None:
+            self.worker.stop(timeout_s)  # a daemon thread: an in-process model is not waited for
 
 
 def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeline],

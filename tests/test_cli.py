@@ -72,8 +72,10 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
     assert "stopped" in server.stderr.read()
 
 
-def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path):
-    """`feed demo` as a user runs it: prepare, train both, index, serve, two feeds, clean stop."""
+def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path, llm_cache_dir):
+    """`feed demo` as a user runs it: prepare, train both, index, serve with the generative module
+    (the real language model, short posts), a streamed post that then shows in the first user's
+    feed with its sources, two feeds, clean stop."""
     config = tmp_path / "demo.toml"
     config.write_text(textwrap.dedent(f"""
         artifacts_dir = '{tmp_path / "a"}'
@@ -95,11 +97,24 @@ def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path):
         tasks = [{{ name = 'engage', event = 'rating' }}, {{ name = 'like', event = 'rating', threshold = 4.0 }}]
         [serving]
         api_keys = ['k']
+        [serving.blend]
+        type_shares = {{ generated = 0.1 }}
+        [generation]
+        enabled = true
+        cache_dir = '{llm_cache_dir}'
+        max_new_tokens = 16
+        num_candidates = 1
+        max_tries = 1
+        warm_users = 1
     """))
     result = _feed("demo", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("feed for user") == 3  # two users, the first with two pages
     assert "movie" in result.stdout and "server stopped cleanly (exit code 0)" in result.stdout
+    # the streamed post, then the same post placed in the first user's first page, with its sources
+    streamed = result.stdout.split("StreamPost for user ", 1)[1]
+    first_page = streamed.split("feed for user", 2)[1]
+    assert "  generated " in first_page and "    sources: " in first_page
     # The app's side of the loop: each user's first page logged (10 impressions and a click), and
     # the graceful stop flushed the log into Parquet, ready for `feed train ranker --from-logs`.
     assert result.stdout.count("11 events") == 2
