@@ -7,8 +7,8 @@
     feed serve          --config configs/demo.toml [--port 50051]
     feed demo           [--config configs/demo.toml]
     feed eval compare   A.toml B.toml --dataset configs/demo.toml [--out reports/compare]
-    feed ab analyze     --experiment configs/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
-    feed ab simulate    --config configs/demo.toml --experiment configs/ab-demo.toml [--out examples/ab-report]
+    feed ab analyze     --experiment configs/experiments/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
+    feed ab simulate    --config configs/demo.toml --experiment configs/experiments/ab-demo.toml [--out examples/ab-report]
 
 Each command imports only the parts it runs.
 """

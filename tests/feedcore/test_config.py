@@ -59,3 +59,13 @@ def test_tasks_and_value_weights_must_agree(tmp_path):
 def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert config.ranker.tasks and config.serving.value_weights
+
+
+def test_the_shipped_experiments_load():
+    from serving.experiments import load_experiment
+
+    paths = sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.toml"))
+    assert paths
+    for path in paths:
+        experiment = load_experiment(path)
+        assert abs(sum(a.share for a in experiment.arms) - 1) < 1e-9
