@@ -265,6 +265,10 @@ class EngineConfig:
     def ranker_path(self) -> Path:
         return Path(self.artifacts_dir) / "ranker" / "model.pt"
 
+    def title_embeddings_path(self, data_fingerprint: str) -> Path:
+        """The title-embedding cache of one prepared dataset, shared by retrieval and ranker training."""
+        return Path(self.artifacts_dir) / "text" / f"titles-{data_fingerprint}.npy"
+
     @property
     def llm_cache_dir(self) -> Path:
         return Path(self.generation.cache_dir) if self.generation.cache_dir else Path(self.artifacts_dir) / "llm"

@@ -282,8 +282,7 @@ def train_ranker_job(
 def with_text(inputs: TrainingInputs, config: EngineConfig) -> TrainingInputs:
     """`inputs` whose item features carry the title embeddings, from the per-dataset cache that
     retrieval training shares (computed once if missing)."""
-    text = item_text_embeddings(inputs.items, inputs.spec,
-                                Path(config.artifacts_dir) / "text" / f"titles-{inputs.data_fingerprint}.npy")
+    text = item_text_embeddings(inputs.items, inputs.spec, config.title_embeddings_path(inputs.data_fingerprint))
     feats = dataclasses.replace(inputs.item_features, text=text.astype(np.float16))
     return dataclasses.replace(inputs, item_features=feats)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -250,8 +249,7 @@ def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple
                     for p in ("train", "valid", "test")))
     text = None
     if config.retrieval.text_features:
-        text = item_text_embeddings(inputs.items, inputs.spec,
-                                    Path(config.artifacts_dir) / "text" / f"titles-{inputs.data_fingerprint}.npy")
+        text = item_text_embeddings(inputs.items, inputs.spec, config.title_embeddings_path(inputs.data_fingerprint))
     model, metrics = train_retrieval(config.retrieval, inputs.spec, inputs.item_features, split, text=text,
                                      progress=progress)
     ckpt = save_model(config.retrieval_path, kind="retrieval", model=model, config=config.retrieval, inputs=inputs,
