@@ -69,6 +69,21 @@ class TextEmbeddings:
             return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
 
+class EmbeddingWriter:
+    """The worker's `PostGenerator`: the posts `writer` writes are embedded as they are written, in
+    the worker thread, so the GetFeed that first serves one (a template fallback, say, which the
+    critic never scored) finds its embedding ready instead of computing it on the request path."""
+
+    def __init__(self, writer: PostWriter, text_embeddings: TextEmbeddings) -> None:
+        self.writer, self.text_embeddings = writer, text_embeddings
+        self.model_version = writer.model_version
+
+    def write(self, requests) -> list[GeneratedPost]:
+        posts = self.writer.write(requests)
+        self.text_embeddings([p.text for p in posts])
+        return posts
+
+
 class GeneratedPosts:
     """The generative module inside the service (built by `make_generated_posts`).
 
@@ -120,7 +135,8 @@ class GeneratedPosts:
     # -- the feed's side: never waits --
 
     def ready(self, user_id: str) -> tuple[PostCandidate, ...]:
-        """The user's ready posts with their text embeddings; queues a (re)write when there is none."""
+        """The user's ready posts with their text embeddings (memoized when they were written);
+        queues a (re)write when there is none or they are stale."""
         posts = self.cache.ready(user_id)
         if self.worker is not None and self.cache.needs_post(user_id):
             self.worker.request(user_id)  # deduplicated: a user already queued is not queued again
@@ -149,6 +165,7 @@ class GeneratedPosts:
         request = PostRequest(user_id=user_id, sources=tuple(sources), surface=surface, interests=tuple(interests))
         for piece in self.writer.stream(request, max_new_tokens=max_new_tokens):
             if isinstance(piece, GeneratedPost):
+                self.text_embeddings([piece.text])  # ready before the feed can serve it
                 self.cache.put(piece)
             yield piece
 
@@ -178,7 +195,7 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     writer = PostWriter(lm, catalog, Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
     cache = PostCache(config)
     posts.writer, posts.cache = writer, cache
-    posts.worker = GenerationWorker(writer, cache, posts.plan, config).start()
+    posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:
         metrics.watch_generation(lambda: writer.stats)
     most_active = sorted(current.seen, key=lambda u: (-len(current.seen[u]), u))
