@@ -222,12 +222,12 @@ def score_engine(name: str, engine_config, inputs, history: pl.DataFrame, heldou
     """Load an engine's retrieval model and ranker and score the held-out rows and examples."""
     from feedcore.artifacts import load_checkpoint
     from feedcore.errors import ArtifactError
-    from feedcore.features import item_features_from_dict, latest_histories, pad_histories
+    from feedcore.features import item_features_from_dict
     from ranker.batching import RetrievalScorer
     from ranker.model import MultiTaskRanker
     from ranker.train import predict
-    from retrieval.embed import embed_items, embed_users
     from retrieval.model import TwoTower
+    from retrieval.train import heldout_scores
 
     retrieval_ckpt = load_checkpoint(engine_config.retrieval_path, "retrieval")
     ranker_ckpt = load_checkpoint(engine_config.ranker_path, "ranker")
@@ -238,15 +238,7 @@ def score_engine(name: str, engine_config, inputs, history: pl.DataFrame, heldou
     retrieval = TwoTower.from_checkpoint(retrieval_ckpt).eval()
     spec = retrieval_ckpt.feature_spec
     # Full ranking, exactly as `retrieval.train.evaluate_retrieval`, keeping each row's rank.
-    users = heldout["user_id"].to_list()
-    seen = dict(history.group_by("user_id").agg(pl.col("item_id")).iter_rows())
-    exclude = [np.concatenate([[0], spec.items.encode(pl.Series(seen.get(u, []), dtype=pl.String))]) for u in users]
-    target = spec.items.encode(heldout["item_id"])
-    histories = latest_histories(history, spec)
-    hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
-    scores = embed_users(retrieval, spec.users.encode(heldout["user_id"]), hist) @ embed_items(
-        retrieval, np.arange(len(spec.items))).T  # (U, N)
-    ranks = rank_of_target(scores, target, exclude)
+    ranks = rank_of_target(*heldout_scores(retrieval, spec, history, heldout))
 
     ranker = MultiTaskRanker.from_checkpoint(ranker_ckpt).eval()
     if ranker_ckpt.feature_spec.items.values != examples.spec.items.values:

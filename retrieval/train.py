@@ -223,21 +223,29 @@ def evaluate_retrieval(
     """
     if heldout.height == 0:
         return {}
+    scores, target, exclude = heldout_scores(model, spec, history, heldout)
+    types = heldout["content_type"].to_numpy() if "content_type" in heldout.columns else None
+    groups = types if types is not None and len(np.unique(types)) > 1 else None
+    return full_ranking_metrics(scores, target, exclude, ks, groups)
+
+
+def heldout_scores(
+    model: TwoTower | None, spec: FeatureSpec, history: pl.DataFrame, heldout: pl.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The full-ranking protocol's inputs: (B, N) scores of every item for each held-out row's user
+    (their latest `history`; the most-popular counts when `model` is None), the (B,) held-out item
+    indices, and per row the items to exclude (padding and the user's history)."""
     users = heldout["user_id"].to_list()
     seen = dict(history.group_by("user_id").agg(pl.col("item_id")).iter_rows())
     exclude = [np.concatenate([[0], spec.items.encode(pl.Series(seen.get(u, []), dtype=pl.String))]) for u in users]
     target = spec.items.encode(heldout["item_id"])
     if model is None:
         counts = np.bincount(spec.items.encode(history["item_id"]), minlength=len(spec.items)).astype(np.float32)
-        scores = np.broadcast_to(counts, (len(users), len(counts)))
-    else:
-        histories = latest_histories(history, spec)
-        hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
-        item_emb = embed_items(model, np.arange(len(spec.items)))
-        scores = embed_users(model, spec.users.encode(heldout["user_id"]), hist) @ item_emb.T  # (B, N)
-    types = heldout["content_type"].to_numpy() if "content_type" in heldout.columns else None
-    groups = types if types is not None and len(np.unique(types)) > 1 else None
-    return full_ranking_metrics(scores, target, exclude, ks, groups)
+        return np.broadcast_to(counts, (len(users), len(counts))), target, exclude
+    histories = latest_histories(history, spec)
+    hist = pad_histories([histories.get(u, np.zeros(0, np.int64)) for u in users], spec.max_history)
+    item_emb = embed_items(model, np.arange(len(spec.items)))
+    return embed_users(model, spec.users.encode(heldout["user_id"]), hist) @ item_emb.T, target, exclude  # (B, N)
 
 
 def train_retrieval_job(config: EngineConfig, *, progress: bool = True) -> tuple[Checkpoint, dict[str, float]]:
