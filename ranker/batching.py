@@ -63,17 +63,21 @@ class RetrievalScorer:
         return cls(model.eval(), ranker_item_embeddings(model, retrieval_spec, spec))
 
     def __call__(self, user: np.ndarray, history: np.ndarray, item: np.ndarray,
-                 new_items: NewItems | None = None) -> np.ndarray:
-        """(B,) float32 scores; rows of `new_items` use its `embedding` when given (else 0)."""
+                 new_items: NewItems | None = None, user_embedding: np.ndarray | None = None) -> np.ndarray:
+        """(B,) float32 scores; rows of `new_items` use its `embedding` when given (else 0).
+        `user_embedding`: (D,) the user tower's embedding of the one (user, history) every row
+        shares, when the caller has it already (a feed request: the ANN source computed it)."""
         if len(user) == 0:
             return np.zeros(0, np.float32)
-        # Rows of one request (or a positive and its negatives) share a user state: embed it once.
-        state, inverse = np.unique(np.column_stack([user, history]), axis=0, return_inverse=True)
-        users = embed_users(self.model, np.ascontiguousarray(state[:, 0]), np.ascontiguousarray(state[:, 1:]))
         items = self.item_embeddings[item]
         if new_items is not None and new_items.embedding is not None and len(new_items.rows):
             items = items.copy()
             items[new_items.rows] = new_items.embedding
+        if user_embedding is not None:
+            return (items * user_embedding).sum(1).astype(np.float32)  # as below, for the same bits
+        # Rows of one request (or a positive and its negatives) share a user state: embed it once.
+        state, inverse = np.unique(np.column_stack([user, history]), axis=0, return_inverse=True)
+        users = embed_users(self.model, np.ascontiguousarray(state[:, 0]), np.ascontiguousarray(state[:, 1:]))
         return (users[inverse.reshape(-1)] * items).sum(1).astype(np.float32)
 
 
@@ -90,6 +94,7 @@ def ranker_inputs(
     event_time: np.ndarray | None = None,
     retrieval: RetrievalScorer | None = None,
     new_items: NewItems | None = None,
+    user_embedding: np.ndarray | None = None,
 ) -> RankerBatch:
     """Model inputs for B (user, candidate item) rows.
 
@@ -109,6 +114,8 @@ def ranker_inputs(
         retrieval: the retrieval scorer, required with `features.retrieval_score`.
         new_items: content of the rows whose item is outside the vocabulary (item index 0), e.g.
             generated posts; every other row's content is looked up in `item_features`.
+        user_embedding: (D,) the retrieval user embedding every row shares (one feed request's),
+            when the caller computed it already; otherwise the scorer embeds the rows' users.
 
     Returns:
         A `RankerBatch`: dense (B, Dd) = [popularity, log1p history length, extra_dense, log1p age
@@ -145,7 +152,7 @@ def ranker_inputs(
     if features.retrieval_score:
         if retrieval is None:
             raise ValueError("this ranker reads the retrieval score: pass retrieval=RetrievalScorer(...)")
-        dense.append(retrieval(user, history, item, new_items)[:, None])
+        dense.append(retrieval(user, history, item, new_items, user_embedding)[:, None])
     if features.text_dim:
         if content.text is None or content.text.shape[1] != features.text_dim:
             raise ValueError(f"this ranker reads ({features.text_dim},) text embeddings: build the item features "

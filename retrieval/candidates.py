@@ -49,6 +49,9 @@ class UserState:
     user_id: str
     history: np.ndarray  # item indices, oldest first (empty for a new user)
     seen: frozenset[str]  # items never to return
+    # (D,) the user tower's embedding of (user_id, history), when the caller computed it (a feed
+    # request shares it with the ranker's retrieval-score feature); None: the ANN source embeds.
+    embedding: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +88,9 @@ class AnnSource:
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         if not len(user.history):
             return []  # no history: no embedding worth searching with
-        query = embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
-                            pad_histories([user.history], self.spec.max_history))
+        query = (user.embedding[None] if user.embedding is not None else
+                 embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
+                             pad_histories([user.history], self.spec.max_history)))
         if not self.type_shares:
             return _search(self.index, query, k, None, exclude)
         total = sum(self.type_shares.values())

@@ -148,6 +148,20 @@ class TwoTower(nn.Module):
             self.register_buffer("text", torch.as_tensor(text, dtype=torch.float32))
         else:
             self.text = None
+        self._item_table: torch.Tensor | None = None  # `freeze_item_embeddings`' (serving only)
+
+    def freeze_item_embeddings(self) -> TwoTower:
+        """Serving: embed every vocabulary item once, so a user embedding reads its history's item
+        embeddings from that (N, D) table instead of running the item tower per request. Only an
+        eval-mode model reads the table (training mode runs the tower, as it must); call again
+        after changing the weights. Returns the model."""
+        with torch.no_grad():
+            self.eval()
+            self._item_table = None
+            items = torch.arange(self.args.num_items, device=self.content_type.device)
+            self._item_table = torch.cat([self.item_embeddings(items[i : i + 65536])
+                                          for i in range(0, len(items), 65536)])
+        return self
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> TwoTower:
@@ -195,6 +209,8 @@ class TwoTower(nn.Module):
 
     def embed_history(self, history: torch.Tensor) -> torch.Tensor:
         """(B, L, D) item embeddings of a padded history (B, L); each distinct item embedded once."""
+        if self._item_table is not None and not self.training:
+            return self._item_table[history]
         unique, inverse = torch.unique(history, return_inverse=True)
         return self.item_embeddings(unique)[inverse]
 

@@ -37,6 +37,7 @@ from ranker.exploration import ExplorationConfig, explore, session_seed
 from ranker.model import SOURCE_IDS, MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
+from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 from serving.event_log import now_ms
@@ -214,7 +215,7 @@ class FeedPipeline:
         spec = ranker_ckpt.feature_spec
         item_feats = item_features_from_dict(ranker_ckpt.extras["item_features"])
         history = tuple(ranker_ckpt.extras["history_events"])
-        retrieval = TwoTower.from_checkpoint(retrieval_ckpt)
+        retrieval = TwoTower.from_checkpoint(retrieval_ckpt).freeze_item_embeddings()
         candidates = make_candidate_generator(
             config.candidates, model=retrieval, index=index,
             spec=retrieval_ckpt.feature_spec, data=data, history_events=history)
@@ -255,8 +256,10 @@ class FeedPipeline:
         if request.recently_seen is not None:
             seen = seen | request.recently_seen.before(request.user_id, started_ms)
 
-        # 1. candidate sources (a cold user has no history: the fallback fills the list)
-        found = self.candidates.generate(UserState(request.user_id, history, seen))
+        # 1. candidate sources (a cold user has no history: the fallback fills the list). The user
+        # tower runs once: its embedding is the ANN query and the ranker's retrieval-score feature.
+        embedding = self.user_embedding(request.user_id, history)
+        found = self.candidates.generate(UserState(request.user_id, history, seen, embedding))
         candidates = {c.item_id: c.source for c in found}
         item_ids = list(candidates)
         posts = {p.post.post_id: p for p in request.posts
@@ -273,7 +276,7 @@ class FeedPipeline:
         try:
             new_items = self._post_features(list(posts.values()), len(item_ids) - len(posts)) if posts else None
             preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings,
-                                              new_items, request_ms=started_ms)
+                                              new_items, request_ms=started_ms, user_embedding=embedding)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
@@ -304,12 +307,13 @@ class FeedPipeline:
 
     def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
               candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float],
-              new_items: NewItems | None = None, request_ms: int = 0):
+              new_items: NewItems | None = None, request_ms: int = 0, user_embedding: np.ndarray | None = None):
         """Task predictions, values and the blended order of the candidates; `new_items` carries
         the content of candidates outside the vocabulary (generated posts, item index 0).
         `request_ms` is the time features read (the session's first page's, so pages never shift)."""
         t1 = time.perf_counter()
-        batch = self.hydrate(request.user_id, item, history, [candidates[i] for i in item_ids], new_items, request_ms)
+        batch = self.hydrate(request.user_id, item, history, [candidates[i] for i in item_ids], new_items, request_ms,
+                             user_embedding)
         timings["hydration"] = _lap(t1)
         t2 = time.perf_counter()
         preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
@@ -361,15 +365,27 @@ class FeedPipeline:
         return [c for c in (self.spec.categories.decode(v) for v, _ in counts.most_common(k)) if c]
 
     def hydrate(self, user_id: str, item: np.ndarray, history: np.ndarray, sources: list[str],
-                new_items: NewItems | None = None, request_ms: int = 0) -> RankerBatch:
+                new_items: NewItems | None = None, request_ms: int = 0,
+                user_embedding: np.ndarray | None = None) -> RankerBatch:
         """The ranker's inputs for one request's B candidates (item indices `item`, found by
-        `sources`), by the training transform (`ranker_inputs`) at the request time."""
+        `sources`), by the training transform (`ranker_inputs`) at the request time;
+        `user_embedding` is `user_embedding(user_id, history)` when the caller has it."""
         user = np.full(len(item), self.spec.users.encode_one(user_id), np.int64)
         hist = np.repeat(pad_histories([history], self.spec.max_history), len(item), axis=0)
         source = np.array([SOURCE_IDS.get(s, 0) for s in sources], np.int64)
         return ranker_inputs(user, item, hist, self.item_features, source=source, new_items=new_items,
                              features=self.ranker.args.features, event_time=np.full(len(item), request_ms / 1000.0),
-                             retrieval=self.retrieval_scorer)
+                             retrieval=self.retrieval_scorer, user_embedding=user_embedding)
+
+    @torch.no_grad()
+    def user_embedding(self, user_id: str, history: np.ndarray) -> np.ndarray | None:
+        """(D,) the retrieval user tower's embedding of the user and their history (None without a
+        retrieval model): the ANN query and the retrieval-score feature of one request."""
+        if self.retrieval is None:
+            return None
+        spec = self.retrieval_spec
+        user = np.array([spec.users.encode_one(user_id)], np.int64)
+        return embed_users(self.retrieval, user, pad_histories([history], spec.max_history))[0]
 
     def _post_features(self, posts: list[PostCandidate], first_row: int) -> NewItems:
         """The ranker's view of generated posts at rows first_row.. of the batch: the union of
