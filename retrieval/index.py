@@ -36,6 +36,13 @@ class Shard:
     index: faiss.Index
     item_ids: list[str]
     factory: str
+    _id_array: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The item ids (object array) at faiss ids `positions`: one vectorized lookup per search."""
+        if self._id_array is None or len(self._id_array) != len(self.item_ids):  # built lazily, again after `add`
+            self._id_array = np.asarray(self.item_ids, dtype=object)
+        return self._id_array[positions]
 
 
 @dataclasses.dataclass
@@ -141,7 +148,11 @@ class ItemIndex:
         for q, row in enumerate(order):
             row = row[local[q, row] >= 0]
             out_scores.append(scores[q, row].tolist())
-            out_ids.append([shards[owner[j]].item_ids[local[q, j]] for j in row])
+            ids = np.empty(len(row), dtype=object)
+            for s, shard in enumerate(shards):
+                mine = owner[row] == s
+                ids[mine] = shard.ids_at(local[q, row[mine]])
+            out_ids.append(ids.tolist())
         return out_scores, out_ids
 
     def to_gpus(self) -> bool:
