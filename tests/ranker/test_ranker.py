@@ -170,7 +170,8 @@ def test_every_multi_task_layout_predicts_each_task(experts):
     import dataclasses
 
     torch.manual_seed(0)
-    model = MultiTaskRanker(dataclasses.replace(_args(), experts=experts, num_shared_experts=3, expert_hidden=8))
+    model = MultiTaskRanker(dataclasses.replace(_args(), experts=experts, num_shared_experts=3, expert_hidden=8,
+                                                num_task_experts=2))
     batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features())
     out = model(batch.dense, batch.sparse)
     assert sorted(out) == ["click", "rating"] and out["click"].shape == (2,)
@@ -178,6 +179,10 @@ def test_every_multi_task_layout_predicts_each_task(experts):
         x = torch.randn(5, model.experts.gates.in_features)
         gates = model.experts.gates(x).view(5, 2, -1).softmax(-1)
         assert torch.allclose(gates.sum(-1), torch.ones(5, 2))
+        # The batched-matmul mixture equals the definition: each task's gated sum of its experts.
+        outputs = torch.stack([e(x) for e in model.experts.experts], dim=1)  # (5, E, H)
+        reference = torch.einsum("bte,bteh->bth", gates, outputs[:, model.experts.expert_index])
+        assert torch.allclose(model.experts(x), reference, atol=1e-6)
 
 
 def test_ple_task_experts_learn_only_from_their_own_task():
