@@ -179,6 +179,10 @@ class ServingConfig:
     # RPCs in progress at once; more get RESOURCE_EXHAUSTED at once instead of queueing for
     # seconds under overload (gRPC's maximum_concurrent_rpcs). 0: unbounded.
     max_concurrent_rpcs: int = 0
+    # Feed pipelines running at once in one server process; more GetFeeds wait their turn (in
+    # arrival order, holding no GIL). The pipeline is CPU work under one GIL: running several at
+    # once only interleaves them, so each takes longer and the tail grows. 0: no limit.
+    feed_concurrency: int = 1
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

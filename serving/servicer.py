@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import threading
 import uuid
 from collections import Counter
 
@@ -44,6 +45,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         self._component_ok: dict[str, bool] = {}
         self.recently_seen = RecentlySeen()  # outlives model reloads
         self.posts = posts  # the generative module; None: generation is off
+        # At most `feed_concurrency` pipelines at once; the others wait (CPython wakes them in order).
+        self._feed_slots = threading.Semaphore(config.feed_concurrency) if config.feed_concurrency > 0 else None
 
     def GetFeed(self, request: feed_pb2.GetFeedRequest, context: grpc.ServicerContext) -> feed_pb2.GetFeedResponse:
         with self.metrics.observe("GetFeed", context):
@@ -75,7 +78,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"experiment_overrides: {e.args[0]}")
         arm_label = f"{experiment.name}/{arm.name}"
         try:
-            page = self.pipeline.get_feed(FeedRequest(
+            page = self._run_pipeline(context, FeedRequest(
                 user_id=request.user_id, page_size=request.page_size, cursor=request.cursor,
                 surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
                 recently_seen=self.recently_seen, exploration=arm.exploration,
@@ -104,6 +107,18 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             experiment_arm=arm_label,
             model_version=page.model_version,
         )
+
+    def _run_pipeline(self, context: grpc.ServicerContext, request: FeedRequest):
+        """The pipeline's page, once a slot is free; a request whose deadline passes while it waits
+        gets DEADLINE_EXCEEDED (its client has given up) and costs nothing more."""
+        if self._feed_slots is None:
+            return self.pipeline.get_feed(request)
+        if not self._feed_slots.acquire(timeout=context.time_remaining()):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited to be served")
+        try:
+            return self.pipeline.get_feed(request)
+        finally:
+            self._feed_slots.release()
 
     def _log_events(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
         self._authenticate(context)

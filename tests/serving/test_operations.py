@@ -141,3 +141,37 @@ def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(trained_engine, t
         release.set()
         running.server.stop(0).wait()
         log.close()
+
+
+def test_feeds_wait_for_a_pipeline_slot_and_give_up_at_their_deadline(trained_engine):
+    """`feed_concurrency = 1`: a second GetFeed waits while one runs, and a request whose deadline
+    passes while it waits gets DEADLINE_EXCEEDED without running the pipeline."""
+    config = dataclasses.replace(trained_engine.serving, feed_concurrency=1)
+    pipeline = FeedPipeline.from_artifacts(trained_engine)
+    entered, release, ran = threading.Event(), threading.Event(), []
+    real = pipeline.get_feed
+
+    def held(request):  # the real pipeline, held open until released
+        ran.append(request.user_id)
+        entered.set()
+        release.wait(30)
+        return real(request)
+
+    pipeline.get_feed = held
+    running = create_server(config, pipeline)
+    running.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            first = stub.GetFeed.future(feed_pb2.GetFeedRequest(user_id="1", page_size=5), timeout=60)
+            assert entered.wait(30)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetFeed(feed_pb2.GetFeedRequest(user_id="2", page_size=5), timeout=1)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            release.set()
+            assert len(first.result().items) == 5
+            assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="3", page_size=5), timeout=30).items) == 5
+            assert ran == ["1", "3"]  # the request that gave up never ran
+    finally:
+        release.set()
+        running.server.stop(0).wait()
