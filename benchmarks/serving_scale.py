@@ -62,7 +62,6 @@ from feedcore.config import EngineConfig, load_config
 from feedcore.features import pad_histories
 from feedcore.io import atomic_path
 from feedcore.schemas import CanonicalDataset
-from ranker.batching import ranker_inputs
 from retrieval.candidates import make_candidate_generator
 from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
@@ -124,7 +123,7 @@ def scaled_pipeline(config: EngineConfig, index_dir: Path) -> FeedPipeline:
     history = tuple(load_checkpoint(config.ranker_path, "ranker").extras["history_events"])
     pipeline = copy.copy(base)
     pipeline.candidates = make_candidate_generator(
-        dataclasses.replace(config.candidates, ann=ANN, popular=POPULAR), model=TwoTower.from_checkpoint(retrieval_ckpt),
+        dataclasses.replace(config.candidates, ann=ANN, popular=POPULAR), model=base.retrieval,
         index=index, spec=retrieval_ckpt.feature_spec, data=data, history_events=history)
     pipeline.catalog = {**base.catalog, **{i: (t, i) for t, shard in index.shards.items() for i in shard.item_ids
                                           if i.startswith(SYNTHETIC)}}
@@ -228,15 +227,14 @@ def batching_and_recall(config: EngineConfig, directory: Path, users: int = 5) -
     batched, single = [], []
     for u in list(pipeline.histories)[:users]:
         item = rng.integers(1, vocabulary, ANN + POPULAR)
-        user = np.full(len(item), pipeline.spec.users.encode_one(u), np.int64)
-        hist = np.repeat(pad_histories([pipeline.histories[u]], pipeline.spec.max_history), len(item), axis=0)
-        start = time.perf_counter()
-        batch = ranker_inputs(user, item, hist, pipeline.item_features)
+        history = pipeline.histories[u]
+        start = time.perf_counter()  # hydration (the serving transform, retrieval score included) + ranker
+        batch = pipeline.hydrate(u, item, history, ["ann"] * len(item))
         pipeline.ranker(batch.dense, batch.sparse)
         batched.append(time.perf_counter() - start)
         start = time.perf_counter()
         for r in range(len(item)):
-            one = ranker_inputs(user[r : r + 1], item[r : r + 1], hist[r : r + 1], pipeline.item_features)
+            one = pipeline.hydrate(u, item[r : r + 1], history, ["ann"])
             pipeline.ranker(one.dense, one.sparse)
         single.append(time.perf_counter() - start)
     ckpt = load_checkpoint(config.retrieval_path, "retrieval")
