@@ -11,6 +11,7 @@ writing, a mismatched index) keeps the old pipeline serving and marks the health
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -33,6 +34,17 @@ def artifact_stamp(config: EngineConfig) -> tuple:
         except OSError:
             stamp.append((str(path), None, None))
     return tuple(stamp)
+
+
+def freeze_heap(collect: bool = True) -> None:
+    """Take every object alive now out of the cyclic garbage collector's sight (`gc.freeze`): a
+    served pipeline holds millions of long-lived objects (at 1M items a full collection scans them
+    for ~230 ms, a stall for every request in flight). Frozen objects are still freed by reference
+    counting when released. `collect` first frees what is garbage already (at start-up; a reload
+    skips it, so swapping in a model never stalls the requests being served)."""
+    if collect:
+        gc.collect()
+    gc.freeze()
 
 
 class ModelReloader:
@@ -61,6 +73,7 @@ class ModelReloader:
             return False
         old = self.servicer.pipeline.model_version
         self.servicer.pipeline = pipeline  # the swap: one reference assignment
+        freeze_heap(collect=False)
         self.stamp = stamp
         self.reloads += 1
         self.servicer.report_component("reload", True)

@@ -24,7 +24,7 @@ from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
 from serving.metrics import ServiceMetrics
 from serving.pipeline import FeedPipeline
-from serving.reloader import ModelReloader
+from serving.reloader import ModelReloader, freeze_heap
 from serving.servicer import FeedServicer
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
 
         posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics)
         running.servicer.posts = posts
+    freeze_heap()  # everything loaded so far lives as long as the process (or until a reload)
     server.start()
     reloader = None
     if config.reload_interval_s > 0:

@@ -2,6 +2,7 @@
 under load without a failed request; artifacts that do not load keep the old ones serving."""
 
 import dataclasses
+import gc
 import shutil
 import threading
 import time
@@ -86,6 +87,7 @@ def test_new_models_swap_in_under_load_without_a_failed_request(engine_copy):
         for t in threads:
             t.start()
         old = running.servicer.pipeline.model_version
+        frozen = gc.get_freeze_count()
         retrained = dataclasses.replace(engine_copy, ranker=dataclasses.replace(engine_copy.ranker, seed=7))
         train_ranker_job(retrained, progress=False)  # a new ranker checkpoint lands while clients run
         deadline = time.time() + 60
@@ -94,6 +96,7 @@ def test_new_models_swap_in_under_load_without_a_failed_request(engine_copy):
             time.sleep(0.1)
         time.sleep(0.5)  # traffic on the new model
         new = running.servicer.pipeline.model_version
+        assert gc.get_freeze_count() > frozen  # the new pipeline's objects are out of the collector's scans
         # A broken checkpoint: the new model keeps serving and health reports the failed reload.
         engine_copy.ranker_path.write_bytes(b"not a checkpoint")
         deadline = time.time() + 30
