@@ -224,9 +224,9 @@ class ItemFeatures:
         """Lengths (B,) and concatenated values of the categories of `item_index` (B,)."""
         starts = self.category_offsets[item_index]
         lengths = self.category_offsets[item_index + 1] - starts
-        values = np.concatenate([self.category_values[s : s + n] for s, n in zip(starts, lengths, strict=True)]
-                                or [np.zeros(0, np.int64)])
-        return lengths.astype(np.int64), values.astype(np.int64)
+        # Positions in category_values: each row's start, then +0, +1, ... up to its length.
+        index = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+        return lengths.astype(np.int64), self.category_values[index].astype(np.int64)
 
     def content(self, item_index: np.ndarray, new_items: NewItems | None = None) -> ItemContent:
         """The content of B rows: looked up for items of the vocabulary, taken from `new_items`

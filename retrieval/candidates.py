@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import polars as pl
@@ -54,8 +54,7 @@ class UserState:
     embedding: np.ndarray | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: a request makes hundreds of them
     item_id: str
     source: str
     score: float
