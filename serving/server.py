@@ -46,7 +46,8 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
     Prometheus metrics are on HTTP when `config.metrics_port` >= 0. Without `event_log`,
     LogEvents answers UNIMPLEMENTED."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, initializer=_limit_threads,
+                                   initargs=(config.torch_threads,)),
         options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # beyond it: RESOURCE_EXHAUSTED
     )
@@ -67,6 +68,14 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics.serve_http(config.host, config.metrics_port) if config.metrics_port >= 0 else None
     return FeedServer(server, port, health_servicer, servicer, metrics, metrics_port)
+
+
+def _limit_threads(threads: int) -> None:
+    """Each worker thread's own intra-op thread counts: OpenMP's is a per-thread setting (faiss
+    reads it), so what `serve` sets in the main thread does not reach the gRPC workers, whose
+    searches would otherwise start a team of threads per core that spin on the other requests' cores."""
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:

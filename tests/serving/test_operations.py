@@ -178,3 +178,26 @@ def test_feeds_wait_for_a_pipeline_slot_and_give_up_at_their_deadline(trained_en
     finally:
         release.set()
         running.server.stop(0).wait()
+
+
+def test_grpc_workers_search_and_rank_with_the_configured_threads(trained_engine):
+    """OpenMP thread counts are per thread: the workers get `torch_threads`, not one per core."""
+    import faiss
+
+    pipeline = FeedPipeline.from_artifacts(trained_engine)
+    threads, real = [], pipeline.get_feed
+
+    def recording(request):
+        threads.append((faiss.omp_get_max_threads(), torch.get_num_threads()))
+        return real(request)
+
+    pipeline.get_feed = recording
+    running = create_server(dataclasses.replace(trained_engine.serving, torch_threads=1), pipeline)
+    running.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = feed_pb2_grpc.FeedServiceStub(channel)
+            assert len(stub.GetFeed(feed_pb2.GetFeedRequest(user_id="1", page_size=5), timeout=30).items) == 5
+    finally:
+        running.server.stop(0).wait()
+    assert threads == [(1, 1)]
