@@ -13,7 +13,8 @@ The generative module (`generation/`) writes posts; this file connects it to the
   queued for the background worker;
 - `stream`: one post written now, token by token, for the StreamPost RPC.
 
-The pipeline is read through a callable on every use, so hot-reloaded models take effect here too.
+The pipeline is read through a callable on every use, so hot-reloaded models take effect here too,
+and posts are checked against the catalogue of the pipeline serving when they are planned.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class GeneratedPosts:
         self.pipeline = pipeline
         self.text_embeddings = text_embeddings
         self.writer, self.cache, self.worker = writer, cache, worker
+        self._grounded_in: FeedPipeline | None = None  # the pipeline whose catalogue the writer checks against
+        self._lock = threading.Lock()
 
     # -- what posts are written from, and how the feed would value them --
 
@@ -109,6 +112,7 @@ class GeneratedPosts:
         """The sources of a post for `user_id` (their top ranked items that have titles) and their
         interests; None when the feed has fewer than two such items for them."""
         pipeline = self.pipeline()
+        self.ground_in(pipeline)
         page = pipeline.get_feed(FeedRequest(user_id=user_id, page_size=PLAN_DEPTH))
         sources = [pipeline.source_item(i.item_id) for i in page.items
                    if i.content_type not in NO_SOURCE_TYPES and i.title]
@@ -116,6 +120,16 @@ class GeneratedPosts:
         if len(sources) < 2:
             return None
         return sources, pipeline.interests(user_id)
+
+    def ground_in(self, pipeline: FeedPipeline) -> None:
+        """Check posts against `pipeline`'s catalogue from now on: after a hot reload brings new
+        items, posts may name them (built once per served pipeline, before a post is planned)."""
+        if self.writer is None or pipeline is self._grounded_in:
+            return
+        with self._lock:
+            if pipeline is not self._grounded_in:
+                self.writer.catalog = grounding_catalog(pipeline)
+                self._grounded_in = pipeline
 
     def value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
         """(n,) the value model's score of each candidate post text for `user_id`, as the feed
@@ -179,6 +193,11 @@ class GeneratedPosts:
             self.worker.stop(timeout_s)  # a daemon thread: an in-process model is not waited for
 
 
+def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
+    """Every titled item `pipeline` serves, for the grounding check."""
+    return Catalog((item_id, title, content_type) for item_id, (content_type, title) in pipeline.catalog.items())
+
+
 def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeline],
                          metrics: ServiceMetrics | None = None) -> GeneratedPosts:
     """Load the language model (converted weights cached under `engine.llm_cache_dir`) and the
@@ -190,11 +209,11 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     else:
         lm = make_language_model(config, engine.llm_cache_dir)
     current = pipeline()
-    catalog = Catalog((item_id, title, content_type) for item_id, (content_type, title) in current.catalog.items())
+    catalog = grounding_catalog(current)
     posts = GeneratedPosts(config, pipeline, TextEmbeddings(load_text_encoder()))
     writer = PostWriter(lm, catalog, Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
     cache = PostCache(config)
-    posts.writer, posts.cache = writer, cache
+    posts.writer, posts.cache, posts._grounded_in = writer, cache, current
     posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:
         metrics.watch_generation(lambda: writer.stats)

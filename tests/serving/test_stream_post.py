@@ -101,3 +101,22 @@ def test_stream_post_refuses_bad_requests(stub):
     with pytest.raises(grpc.RpcError) as e:
         list(stub.StreamPost(feed_pb2.StreamPostRequest(user_id="1", max_new_tokens=10_000), timeout=30))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens must be 0..24" in e.value.details()
+
+
+def test_posts_are_checked_against_the_catalogue_serving_now(running):
+    """A hot reload that brings new items: the next post planned is grounded in the new catalogue."""
+    import copy
+
+    posts, old = running.servicer.posts, running.servicer.pipeline
+    reloaded = copy.copy(old)  # the served pipeline with one more titled item, as a reload would bring
+    reloaded.catalog = {**old.catalog, "new-item": ("movie", "Lighthouse Keepers of Orkney (2026)")}
+    assert not posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
+    running.servicer.pipeline = reloaded
+    try:
+        assert posts.plan("1") is not None
+        found = posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
+        assert [m.item_ids for m in found] == [("new-item",)]
+    finally:
+        running.servicer.pipeline = old
+        posts.ground_in(old)
+    assert not posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
