@@ -98,9 +98,11 @@ async def one(stub, user: str, page_size: int, started: float, latencies: list, 
 
 
 def open_channels(address: str, n: int) -> list[grpc.aio.Channel]:
-    """`n` channels, each its own TCP connection (a local subchannel pool: channels with the same
-    arguments would otherwise share one), so SO_REUSEPORT servers on one port each get some."""
-    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(n)]
+    """`n` channels, each its own TCP connections (a local subchannel pool: channels with the same
+    arguments would otherwise share them). A target naming several servers (``ipv4:a:p1,a:p2``)
+    is balanced per request, round-robin."""
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.lb_policy_name", "round_robin")]
+    return [grpc.aio.insecure_channel(address, options=options) for _ in range(n)]
 
 
 async def closed_loop(address, users, page_size, concurrency, seconds, rng, channels=1):

@@ -1,7 +1,7 @@
 """The feed service at catalogue scale: 1M items, 500 candidates ranked per request, over gRPC.
 
     .venv/bin/python benchmarks/serving_scale.py [--config configs/demo.toml] [--items 1000000]
-        [--variants naive,ivf,ivf-2proc] [--seconds 15] [--rate 100]
+        [--variants naive,ivf,ivf-2proc] [--seconds 15] [--rate 100] [--sweep 50,70,85]
     .venv/bin/python benchmarks/serving_scale.py --soak-seconds 300 [--soak-variant ivf-2proc]
 
 Catalogue: a synthetic scale-up of the demo's real item embeddings (`index_scale.scale_up`, per
@@ -23,10 +23,12 @@ Variants, in the same run on the same vectors, users and client:
 - ``naive``: exact search (`Flat`, inner product over all 1M vectors per request), one process;
 - ``ivf``: `IVF4096,Flat` with `nprobe=64` (recall@100 0.97 in benchmarks/results/index_scale.json),
   one process;
-- ``ivf-2proc``: the same, two server processes on one port (gRPC sets SO_REUSEPORT; the kernel
-  spreads connections over them).
-Each: closed loop with 1 and 4 in flight (maximum throughput), open loop at `--rate` req/s
-(Poisson, latency from the scheduled start). Also in-process: the ranker on 500 candidates in one
+- ``ivf-2proc``: the same, two server processes, each on its own port, the client balancing
+  requests over them round-robin (gRPC's client-side load balancing over a target naming both:
+  per request, where one port shared by SO_REUSEPORT balances per connection, measured 58/42).
+Each: closed loop with 1 and 4 in flight (8 too with two processes; maximum throughput), open loop
+at `--rate` req/s (Poisson, latency from the scheduled start), and for two processes open loops at
+the `--sweep` rates too (the highest rate meeting a p99 target). Also in-process: the ranker on 500 candidates in one
 batch against 500 single-row calls (what "no batching" costs), and the IVF's recall of the exact
 top-450 for the real users. faiss runs single-threaded (OpenMP threads spin against each other on 2
 shared cores; the server's concurrency comes from its gRPC workers). Writes benchmarks/results/serving_scale.json; `--soak-seconds` runs
@@ -43,7 +45,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -145,26 +146,22 @@ def run_server(config_path: str, index_dir: Path, port: int) -> None:
     serve(config, pipeline, None, on_ready=lambda p: print(f"FEED_SERVER_READY {config.serving.host}:{p}", flush=True))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_variant(config_path: str, index_dir: Path, processes: int) -> tuple[list[subprocess.Popen], str, list[int]]:
-    port = free_port() if processes > 1 else 0
-    servers, address, metrics_ports = [], "", []
+    """`processes` servers, each on a free port of its own; the address is a gRPC target naming
+    them all (``ipv4:host:p1,host:p2``), which `serving_load.open_channels` balances round-robin."""
+    servers, addresses, metrics_ports = [], [], []
     try:
         for _ in range(processes):  # one after the other: each loads the 1M index on the shared cores
             command = [sys.executable, str(Path(__file__).resolve()), "--config", config_path, "--serve",
-                       str(index_dir), "--port", str(port)]
+                       str(index_dir), "--port", "0"]
             server, address, metrics_port = start_server(config_path, command=command)
             servers.append(server)
+            addresses.append(address)
             metrics_ports.append(metrics_port)
     except BaseException:
         stop_all(servers)
         raise
-    return servers, address, metrics_ports
+    return servers, addresses[0] if processes == 1 else "ipv4:" + ",".join(addresses), metrics_ports
 
 
 def stop_all(servers: list[subprocess.Popen]) -> None:
@@ -177,12 +174,17 @@ def stop_all(servers: list[subprocess.Popen]) -> None:
             server.kill()
 
 
-def all_stage_sums(metrics_ports: list[int]) -> dict[str, tuple[float, float]]:
+def merge_stages(per_process: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """Stage (seconds, count) sums over every server process."""
     total: dict[str, tuple[float, float]] = {}
-    for port in metrics_ports:
-        for stage, (s, n) in stage_sums(port).items():
+    for stages in per_process:
+        for stage, (s, n) in stages.items():
             total[stage] = (total.get(stage, (0.0, 0.0))[0] + s, total.get(stage, (0.0, 0.0))[1] + n)
     return total
+
+
+def all_stage_sums(metrics_ports: list[int]) -> dict[str, tuple[float, float]]:
+    return merge_stages([stage_sums(port) for port in metrics_ports])
 
 
 def rss_mib(pid: int) -> float:
@@ -193,22 +195,26 @@ def rss_mib(pid: int) -> float:
 
 
 def measure_variant(name: str, config_path: str, index_dir: Path, processes: int, users: list[str],
-                    seconds: float, rate: float) -> list[dict]:
+                    seconds: float, rates: list[float]) -> list[dict]:
     servers, address, metrics_ports = start_variant(config_path, index_dir, processes)
     rng = np.random.default_rng(0)
     rows = []
     try:
         asyncio.run(closed_loop(address, users, 20, 2 * processes, 3, rng, CHANNELS))  # warm-up
-        runs = [("closed", 1, closed_loop), ("closed", 4, closed_loop), ("open", rate, open_loop)]
+        runs = [("closed", 1, closed_loop), ("closed", 4, closed_loop)]
         if processes > 1:
-            runs.insert(2, ("closed", 8, closed_loop))
+            runs.append(("closed", 8, closed_loop))
+        runs += [("open", rate, open_loop) for rate in rates]
         for kind, level, loop in runs:
-            before = all_stage_sums(metrics_ports)
+            before = [stage_sums(port) for port in metrics_ports]
             result = asyncio.run(loop(address, users, 20, level, seconds, rng, CHANNELS))
-            row = summarize(kind, level, *result, before, all_stage_sums(metrics_ports))
-            row.update(variant=name, processes=processes, server_rss_mib=[rss_mib(s.pid) for s in servers])
+            after = [stage_sums(port) for port in metrics_ports]
+            row = summarize(kind, level, *result, merge_stages(before), merge_stages(after))
+            row.update(variant=name, processes=processes, server_rss_mib=[rss_mib(s.pid) for s in servers],
+                       requests_per_process=[a.get("total", (0, 0))[1] - b.get("total", (0, 0))[1]
+                                             for a, b in zip(after, before, strict=True)])
             rows.append(row)
-            print(json.dumps({k: row[k] for k in ("variant", "loop", "level", "qps", "errors")}
+            print(json.dumps({k: row[k] for k in ("variant", "loop", "level", "qps", "errors", "requests_per_process")}
                              | {k: round(row.get(k, float("nan")), 1) for k in ("p50_ms", "p99_ms")}), flush=True)
     finally:
         stop_all(servers)
@@ -224,19 +230,27 @@ def batching_and_recall(config: EngineConfig, directory: Path, users: int = 5) -
         config, generation=dataclasses.replace(config.generation, enabled=False)))
     rng = np.random.default_rng(0)
     vocabulary = len(pipeline.spec.items)
-    batched, single = [], []
-    for u in list(pipeline.histories)[:users]:
-        item = rng.integers(1, vocabulary, ANN + POPULAR)
-        history = pipeline.histories[u]
-        start = time.perf_counter()  # hydration (the serving transform, retrieval score included) + ranker
-        batch = pipeline.hydrate(u, item, history, ["ann"] * len(item))
-        pipeline.ranker(batch.dense, batch.sparse)
-        batched.append(time.perf_counter() - start)
+
+    def ranked(u: str, item: np.ndarray, rows_per_call: int) -> float:
+        """Seconds to hydrate and rank `item` for `u` in calls of `rows_per_call` rows (the request's
+        user embedding, which gives every row its retrieval score, computed once, as served)."""
         start = time.perf_counter()
-        for r in range(len(item)):
-            one = pipeline.hydrate(u, item[r : r + 1], history, ["ann"])
-            pipeline.ranker(one.dense, one.sparse)
-        single.append(time.perf_counter() - start)
+        history = pipeline.histories[u]
+        embedding = pipeline.user_embedding(u, history)
+        for r in range(0, len(item), rows_per_call):
+            rows = item[r : r + rows_per_call]
+            batch = pipeline.hydrate(u, rows, history, ["ann"] * len(rows), user_embedding=embedding)
+            pipeline.ranker(batch.dense, batch.sparse)
+        return time.perf_counter() - start
+
+    sample = list(pipeline.histories)[:users]
+    for u in sample:  # warm-up
+        ranked(u, rng.integers(1, vocabulary, ANN + POPULAR), ANN + POPULAR)
+    batched, single = [], []
+    for u in sample:
+        item = rng.integers(1, vocabulary, ANN + POPULAR)
+        batched.append(ranked(u, item, len(item)))
+        single.append(ranked(u, item, 1))
     ckpt = load_checkpoint(config.retrieval_path, "retrieval")
     model, spec = TwoTower.from_checkpoint(ckpt), ckpt.feature_spec
     names = sorted(pipeline.histories)
@@ -299,6 +313,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--sweep", type=lambda v: [float(x) for x in v.split(",")], default=[50.0, 70.0, 85.0],
+                        help="further open-loop rates for the multi-process variant")
     parser.add_argument("--soak-seconds", type=float, default=0, help="> 0: only the soak, at --rate")
     parser.add_argument("--soak-variant", default="ivf-2proc")
     parser.add_argument("--serve", default=None, metavar="INDEX_DIR", help=argparse.SUPPRESS)  # a server process
@@ -314,7 +330,7 @@ def main() -> None:
     users = CanonicalDataset.read(config.prepared_dir).users["user_id"].to_list()
     common = {"config": args.config, "machine": platform.machine(), "cpus": os.cpu_count(), "built": built,
               "candidates": {"ann": ANN, "popular": POPULAR}, "page_size": 20, "client_channels": CHANNELS,
-              "note": "2 cores shared with other engineers' jobs while this ran: compare variants, not runs"}
+              "note": "2 vCPUs of a VM, the load generator on the same 2 cores: compare variants within this run"}
     if args.soak_seconds > 0:
         result = soak(args.config, directory / VARIANTS[args.soak_variant][0], args.soak_variant, users,
                       args.soak_seconds, args.rate)
@@ -325,7 +341,8 @@ def main() -> None:
     rows = []
     for name in args.variants.split(","):
         index, processes = VARIANTS[name]
-        rows += measure_variant(name, args.config, directory / index, processes, users, args.seconds, args.rate)
+        rates = [args.rate] if processes == 1 else sorted({*args.sweep, args.rate})  # the best variant: a sweep
+        rows += measure_variant(name, args.config, directory / index, processes, users, args.seconds, rates)
     print(f"\n{'variant':<10} {'loop':<6} {'load':>5} {'req/s':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':<8} "
           f"{'cand':>6} {'hydr':>6} {'rank':>6} {'blend':>6} {'total':>6}")
     for r in rows:
