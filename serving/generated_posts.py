@@ -37,7 +37,6 @@ from generation.llm import make_language_model
 from generation.remote import ProcessLanguageModel
 from generation.worker import GenerationWorker
 from generation.writer import PostWriter
-from serving.event_log import now_ms
 from serving.metrics import ServiceMetrics
 from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, PostCandidate
 
@@ -136,15 +135,8 @@ class GeneratedPosts:
         would rank it (the same hydration, ranker and weights as GetFeed on the home surface)."""
         if not texts:
             return np.zeros(0)
-        pipeline = self.pipeline()
         source_ids = tuple(s.item_id for s in sources)
-        embeddings = self.text_embeddings(list(texts))
-        now = now_ms()
-        candidates = tuple(PostCandidate(GeneratedPost(
-            post_id=f"candidate:{i}", user_id=user_id, text=t, source_item_ids=source_ids, model_version="critic",
-            prompt_version=self.config.prompt_version, created_ms=now), e)
-            for i, (t, e) in enumerate(zip(texts, embeddings, strict=True)))
-        return pipeline.score_posts(user_id, candidates)
+        return self.pipeline().score_posts(user_id, [source_ids] * len(texts), self.text_embeddings(list(texts)))
 
     # -- the feed's side: never waits --
 

@@ -274,7 +274,10 @@ class FeedPipeline:
         item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
         degraded: tuple[str, ...] = ()
         try:
-            new_items = self._post_features(list(posts.values()), len(item_ids) - len(posts)) if posts else None
+            ready = list(posts.values())
+            new_items = None if not ready else self._post_features(
+                [p.post.source_item_ids for p in ready], np.stack([p.text_embedding for p in ready]),
+                np.array([p.post.created_ms / 1000.0 for p in ready]), len(item_ids) - len(ready))
             preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings,
                                               new_items, request_ms=started_ms, user_embedding=embedding)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
@@ -311,14 +314,8 @@ class FeedPipeline:
         """Task predictions, values and the blended order of the candidates; `new_items` carries
         the content of candidates outside the vocabulary (generated posts, item index 0).
         `request_ms` is the time features read (the session's first page's, so pages never shift)."""
-        t1 = time.perf_counter()
-        batch = self.hydrate(request.user_id, item, history, [candidates[i] for i in item_ids], new_items, request_ms,
-                             user_embedding)
-        timings["hydration"] = _lap(t1)
-        t2 = time.perf_counter()
-        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if item_ids else {
-            t: np.zeros(0) for t in self.ranker.task_names}
-        timings["ranker"] = _lap(t2)
+        preds = self._predict(request.user_id, item, history, [candidates[i] for i in item_ids], new_items,
+                              request_ms, user_embedding, timings)
         t3 = time.perf_counter()
         values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
         embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
@@ -332,20 +329,34 @@ class FeedPipeline:
         timings["blend"] = _lap(t3)
         return preds, values, order
 
+    def _predict(self, user_id: str, item: np.ndarray, history: np.ndarray, sources: list[str],
+                 new_items: NewItems | None, request_ms: int, user_embedding: np.ndarray | None,
+                 timings: dict[str, float]) -> dict[str, np.ndarray]:
+        """Task → (B,) ranker predictions of B candidates: hydration, then the ranker (timed)."""
+        t1 = time.perf_counter()
+        batch = self.hydrate(user_id, item, history, sources, new_items, request_ms, user_embedding)
+        timings["hydration"] = _lap(t1)
+        t2 = time.perf_counter()
+        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if len(item) else {
+            t: np.zeros(0) for t in self.ranker.task_names}
+        timings["ranker"] = _lap(t2)
+        return preds
 
     @torch.no_grad()
-    def score_posts(self, user_id: str, posts: tuple[PostCandidate, ...], surface: str = "home") -> np.ndarray:
-        """(M,) the value model's score of each post for `user_id`, ranked exactly as GetFeed ranks
-        a generated candidate (the generation critic's measure of a post)."""
-        if not posts:
+    def score_posts(self, user_id: str, source_item_ids: list[tuple[str, ...]], text_embeddings: np.ndarray,
+                    created_ms: np.ndarray | None = None, surface: str = "home") -> np.ndarray:
+        """(M,) the value model's score of M posts for `user_id` (each from its source items, with
+        its (384,) text embedding, written at `created_ms`, default now), ranked exactly as GetFeed
+        ranks a generated candidate: the generation critic's measure of a post."""
+        m = len(source_item_ids)
+        if not m:
             return np.zeros(0)
-        item_ids = [p.post.post_id for p in posts]
+        now = now_ms()
+        created = np.full(m, now) if created_ms is None else np.asarray(created_ms)
         history = self.histories.get(user_id, np.zeros(0, np.int64))
-        request = FeedRequest(user_id=user_id, page_size=1, surface=surface)
-        _, values, _ = self._rank(request, item_ids, np.zeros(len(posts), np.int64), history,
-                                  dict.fromkeys(item_ids, POST_SOURCE), frozenset(), {},
-                                  self._post_features(list(posts), 0), request_ms=now_ms())
-        return values
+        new_items = self._post_features(source_item_ids, text_embeddings, created / 1000.0, first_row=0)
+        preds = self._predict(user_id, np.zeros(m, np.int64), history, [POST_SOURCE] * m, new_items, now, None, {})
+        return value_scores(preds, self.serving.weights_for(surface))
 
     def source_item(self, item_id: str) -> SourceItem:
         """A catalogue item as a generated post's source: title, content type, categories, creator."""
@@ -387,20 +398,19 @@ class FeedPipeline:
         user = np.array([spec.users.encode_one(user_id)], np.int64)
         return embed_users(self.retrieval, user, pad_histories([history], spec.max_history))[0]
 
-    def _post_features(self, posts: list[PostCandidate], first_row: int) -> NewItems:
-        """The ranker's view of generated posts at rows first_row.. of the batch: the union of
-        their source items' categories, their text and age, and their item-space embedding from
-        the retrieval model's content path (for the retrieval score and the blender's diversity)."""
-        rows = np.arange(first_row, first_row + len(posts))
-        text = np.stack([p.text_embedding for p in posts]).astype(np.float32)
-        created = np.array([p.post.created_ms / 1000.0 for p in posts])
-        embedding = None
-        if self.retrieval is not None:
-            embedding = self.post_embeddings([p.post.source_item_ids for p in posts], text)
-        sources = [self.spec.items.encode(pl.Series(p.post.source_item_ids, dtype=pl.String)) for p in posts]
+    def _post_features(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray, created_at: np.ndarray,
+                       first_row: int) -> NewItems:
+        """The ranker's view of M generated posts at rows first_row.. of the batch: the union of
+        their source items' categories, their (M, 384) text embeddings and age (`created_at`, unix
+        seconds), and their item-space embedding from the retrieval model's content path (for the
+        retrieval score and the blender's diversity)."""
+        rows = np.arange(first_row, first_row + len(source_item_ids))
+        text = np.asarray(text, np.float32)
+        embedding = None if self.retrieval is None else self.post_embeddings(source_item_ids, text)
+        sources = [self.spec.items.encode(pl.Series(ids, dtype=pl.String)) for ids in source_item_ids]
         return NewItems.from_source_items(rows, sources, self.item_features,
                                           content_type=self.spec.content_types.encode_one(POST_CONTENT_TYPE),
-                                          text=text, created_at=created, embedding=embedding)
+                                          text=text, created_at=created_at, embedding=embedding)
 
     @torch.no_grad()
     def post_embeddings(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray) -> np.ndarray:

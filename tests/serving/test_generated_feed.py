@@ -48,7 +48,8 @@ def test_a_ready_post_is_ranked_and_served_with_its_provenance(pipeline, encoder
     assert item.post.source_item_ids == (top[0].item_id, top[1].item_id)
     assert set(item.task_scores) == {"engage", "like"} and 0 < item.task_scores["engage"] < 1
     # the critic's measure is the feed's own score of the post
-    assert pipeline.score_posts("1", (post,))[0] == pytest.approx(item.score, rel=1e-5)
+    assert pipeline.score_posts("1", [post.post.source_item_ids], post.text_embedding[None],
+                                [post.post.created_ms])[0] == pytest.approx(item.score, rel=1e-5)
 
 
 def test_the_ranker_scores_a_post_from_its_content(pipeline, encoder):
@@ -59,7 +60,8 @@ def test_the_ranker_scores_a_post_from_its_content(pipeline, encoder):
     other = pipeline.get_feed(FeedRequest(user_id="400", page_size=30)).items
     b = _post(pipeline, encoder, "1", f"{other[-1].title} and {other[-2].title} for a quiet Sunday.",
               (other[-1].item_id, other[-2].item_id), now_ms())
-    scores = pipeline.score_posts("1", (a, b))
+    scores = pipeline.score_posts("1", [a.post.source_item_ids, b.post.source_item_ids],
+                                  np.stack([a.text_embedding, b.text_embedding]))
     assert np.isfinite(scores).all() and scores[0] != pytest.approx(scores[1], abs=1e-6)
     embeddings = pipeline.post_embeddings([a.post.source_item_ids, b.post.source_item_ids],
                                           np.stack([a.text_embedding, b.text_embedding]))
