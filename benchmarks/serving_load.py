@@ -13,9 +13,9 @@ exist: `make demo` writes the demo's), then drives GetFeed with an asyncio gRPC 
   server's state; latency is measured from the scheduled start, so queueing counts (no coordinated
   omission).
 
-Per run: achieved requests/s, latency p50 / p95 / p99 / max, errors by status code, and the mean
-time of each pipeline stage from the server's Prometheus histograms (the delta of their
-_sum / _count over the run). Client and server share the machine's cores. Writes
+Per run: achieved requests/s, latency p50 / p95 / p99 / max, errors by status code, and each
+pipeline stage's mean and p50 / p95 / p99 from the server's Prometheus histograms (their delta
+over the run; the quantiles interpolated inside the histogram's buckets, as Prometheus does). Client and server share the machine's cores. Writes
 benchmarks/results/serving_load.json.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -77,16 +78,53 @@ def start_server(config: str, log: list[str] | None = None,
     return server, address, metrics_port
 
 
-def stage_sums(metrics_port: int) -> dict[str, tuple[float, float]]:
-    """stage → (sum of seconds, count) from the server's feed_stage_seconds histogram."""
+@dataclasses.dataclass(frozen=True)
+class StageStats:
+    """One pipeline stage's Prometheus histogram: total seconds, count, cumulative bucket counts."""
+
+    seconds: float
+    count: float
+    buckets: tuple[tuple[float, float], ...]  # (upper bound in s, cumulative count), +Inf last
+
+    def __add__(self, other: StageStats) -> StageStats:  # two server processes together
+        return StageStats(self.seconds + other.seconds, self.count + other.count,
+                          tuple((le, a + b) for (le, a), (_, b) in zip(self.buckets, other.buckets, strict=True)))
+
+    def __sub__(self, other: StageStats) -> StageStats:  # what a run added
+        return StageStats(self.seconds - other.seconds, self.count - other.count,
+                          tuple((le, a - b) for (le, a), (_, b) in zip(self.buckets, other.buckets, strict=True)))
+
+    def quantile(self, q: float) -> float:
+        """Seconds at quantile q, interpolated linearly inside its bucket (Prometheus'
+        `histogram_quantile`): as fine as the service's buckets (`serving.metrics`)."""
+        if self.count <= 0:
+            return float("nan")
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for le, cumulative in self.buckets:
+            if cumulative >= rank:
+                if le == float("inf"):
+                    return lower
+                return lower + (le - lower) * (rank - below) / max(cumulative - below, 1e-12)
+            lower, below = le, cumulative
+        return lower
+
+
+def stage_sums(metrics_port: int) -> dict[str, StageStats]:
+    """stage → its `feed_stage_seconds` histogram, read from the server's metrics page."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    out: dict[str, list[float]] = {}
+    sums: dict[str, list[float]] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
     for line in text.splitlines():
+        if not line.startswith("feed_stage_seconds"):
+            continue
+        stage = line.split('stage="')[1].split('"')[0]
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith("feed_stage_seconds_bucket{"):
+            buckets.setdefault(stage, []).append((float(line.split('le="')[1].split('"')[0]), value))
         for suffix, slot in (("_sum", 0), ("_count", 1)):
             if line.startswith(f"feed_stage_seconds{suffix}{{"):
-                stage = line.split('stage="')[1].split('"')[0]
-                out.setdefault(stage, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
-    return {k: (v[0], v[1]) for k, v in out.items()}
+                sums.setdefault(stage, [0.0, 0.0])[slot] = value
+    return {k: StageStats(v[0], v[1], tuple(sorted(buckets.get(k, [])))) for k, v in sums.items()}
 
 
 async def one(stub, user: str, page_size: int, started: float, latencies: list, errors: Counter) -> None:
@@ -156,10 +194,10 @@ def summarize(kind, level, latencies, errors, elapsed, before, after) -> dict:
            "errors": dict(errors), "qps": len(ms) / elapsed, "seconds": elapsed}
     if len(ms):
         row.update({f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}, max_ms=float(ms.max()))
-    row["stage_mean_ms"] = {
-        stage: 1000 * (after[stage][0] - before.get(stage, (0, 0))[0]) / max(1.0, after[stage][1]
-                                                                             - before.get(stage, (0, 0))[1])
-        for stage in after}
+    runs = {stage: stats - before[stage] if stage in before else stats for stage, stats in after.items()}
+    row["stage_mean_ms"] = {stage: 1000 * r.seconds / max(1.0, r.count) for stage, r in runs.items()}
+    for q in (50, 95, 99):
+        row[f"stage_p{q}_ms"] = {stage: 1000 * r.quantile(q / 100) for stage, r in runs.items()}
     return row
 
 

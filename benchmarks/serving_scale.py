@@ -56,7 +56,7 @@ import numpy as np
 import polars as pl
 import torch
 from index_scale import scale_up
-from serving_load import closed_loop, open_loop, stage_sums, start_server, summarize
+from serving_load import StageStats, closed_loop, open_loop, stage_sums, start_server, summarize
 
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import EngineConfig, load_config
@@ -174,16 +174,16 @@ def stop_all(servers: list[subprocess.Popen]) -> None:
             server.kill()
 
 
-def merge_stages(per_process: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
-    """Stage (seconds, count) sums over every server process."""
-    total: dict[str, tuple[float, float]] = {}
+def merge_stages(per_process: list[dict[str, StageStats]]) -> dict[str, StageStats]:
+    """Each stage's histogram over every server process."""
+    total: dict[str, StageStats] = {}
     for stages in per_process:
-        for stage, (s, n) in stages.items():
-            total[stage] = (total.get(stage, (0.0, 0.0))[0] + s, total.get(stage, (0.0, 0.0))[1] + n)
+        for stage, stats in stages.items():
+            total[stage] = total[stage] + stats if stage in total else stats
     return total
 
 
-def all_stage_sums(metrics_ports: list[int]) -> dict[str, tuple[float, float]]:
+def all_stage_sums(metrics_ports: list[int]) -> dict[str, StageStats]:
     return merge_stages([stage_sums(port) for port in metrics_ports])
 
 
@@ -211,7 +211,7 @@ def measure_variant(name: str, config_path: str, index_dir: Path, processes: int
             after = [stage_sums(port) for port in metrics_ports]
             row = summarize(kind, level, *result, merge_stages(before), merge_stages(after))
             row.update(variant=name, processes=processes, server_rss_mib=[rss_mib(s.pid) for s in servers],
-                       requests_per_process=[a.get("total", (0, 0))[1] - b.get("total", (0, 0))[1]
+                       requests_per_process=[a["total"].count - (b["total"].count if "total" in b else 0)
                                              for a, b in zip(after, before, strict=True)])
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("variant", "loop", "level", "qps", "errors", "requests_per_process")}
