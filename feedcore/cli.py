@@ -2,7 +2,7 @@
 
     feed data prepare   --config configs/demo.toml
     feed train retrieval --config configs/demo.toml
-    feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log]
+    feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log [DIR ...]]
     feed index build    --config configs/demo.toml
     feed serve          --config configs/demo.toml [--port 50051]
     feed demo           [--config configs/demo.toml]
@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
             action_parser = g.add_parser(action)
             add(action_parser, (group, action))
             if (group, action) == ("train", "ranker"):
-                action_parser.add_argument("--from-logs", default=None, metavar="DIR",
-                                           help="also train on the served traffic in this event log directory")
+                action_parser.add_argument("--from-logs", default=None, metavar="DIR", nargs="+",
+                                           help="also train on the served traffic in these event log directories "
+                                                "(one per server process)")
     serve_parser = sub.add_parser("serve", help="run the gRPC feed service")
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -248,20 +249,23 @@ def evaluate_ranker(
 
 
 def train_ranker_job(
-    config: EngineConfig, *, progress: bool = True, from_logs: str | Path | None = None
+    config: EngineConfig, *, progress: bool = True, from_logs: str | Path | Sequence[str | Path] | None = None
 ) -> tuple[Checkpoint | None, dict[str, float]]:
-    """`feed train ranker [--from-logs DIR]`: prepared data (plus the served traffic logged in DIR,
-    `serving.event_log`) → trained multi-task ranker checkpoint (with its features)."""
+    """`feed train ranker [--from-logs DIR [DIR ...]]`: prepared data (plus the served traffic
+    logged in each DIR, `serving.event_log`: one per server process) → trained multi-task ranker
+    checkpoint (with its features)."""
     inputs = load_training_inputs(config)
     log = None
     if from_logs is not None:
         from serving.event_log import read_event_log  # the serving side's format, read back
 
-        if not Path(from_logs).is_dir():
-            raise DataError(from_logs, "no event log here", expected="the serving event log directory "
-                            "(serving.event_log_dir, default <artifacts_dir>/event_log)")
-        log = read_event_log(from_logs)
-        logger.info("ranker: read %d logged events from %s", log.height, from_logs)
+        directories = [from_logs] if isinstance(from_logs, str | Path) else list(from_logs)
+        for directory in directories:
+            if not Path(directory).is_dir():
+                raise DataError(directory, "no event log here", expected="a serving event log directory "
+                                "(serving.event_log_dir, default <artifacts_dir>/event_log)")
+        log = pl.concat([read_event_log(d) for d in directories], how="vertical_relaxed")
+        logger.info("ranker: read %d logged events from %s", log.height, ", ".join(map(str, directories)))
     inputs = with_text(inputs, config) if config.ranker.text_features else inputs
     retrieval, retrieval_version = (load_retrieval_scorer(config, inputs) if config.ranker.retrieval_score
                                     else (None, None))

@@ -21,6 +21,7 @@ one canonical events frame, which `feed train ranker --from-logs` reads.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
+from feedcore.errors import ArtifactError
 from feedcore.io import atomic_path
 from feedcore.schemas import EVENTS_SCHEMA
 
@@ -81,17 +83,39 @@ def _frame(records: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(records, schema=LOG_SCHEMA) if records else pl.DataFrame(schema=LOG_SCHEMA)
 
 
+def _take_lock(directory: Path):
+    """An exclusive `flock` on <directory>/LOCK, held while the log is open (the kernel drops it
+    when the process dies, so `kill -9` leaves nothing to clean up). Two writers would number and
+    convert each other's segments; the second one gets a clear error instead."""
+    handle = open(directory / "LOCK", "a+")  # noqa: SIM115 (held open while the log is)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ArtifactError(f"{directory}: the event log is open in {holder}; give each server process its own "
+                            "[serving] event_log_dir (`feed train ranker --from-logs` reads one at a time)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class EventLog:
     """An append-only, crash-safe event log in `directory` (created if missing).
 
     Args:
-        directory: where segments and Parquet files live; one process writes it at a time.
+        directory: where segments and Parquet files live; one process writes it at a time (a
+            second one is refused with ArtifactError: each server process needs its own).
         segment_bytes: rotate the open segment into Parquet once it is this large.
     """
 
     def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _take_lock(self.directory)  # one writer: a second server process on it is refused
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # the open file, sequence numbers
         self._sync_lock = threading.Lock()  # one fsync at a time
@@ -161,6 +185,7 @@ class EventLog:
         with self._convert_lock:
             for path in self._segments():
                 self._convert(path)
+        self._lock_file.close()  # releases the directory for the next writer
 
     # -- recovery and conversion --------------------------------------------------------------
     def _recover(self) -> int:

@@ -71,14 +71,16 @@ def test_train_ranker_from_logs_learns_the_logged_behaviour(trained_engine, tmp_
     items = np.array(sorted(data.items["item_id"].to_list()))
     users = sorted(data.users["user_id"].to_list())
     rng = np.random.default_rng(0)
-    log = EventLog(tmp_path / "log", segment_bytes=50_000)
     rows = _log_rows(users[:400], items, comedy, rng, "train")
-    for i in range(0, len(rows), 500):
-        log.append(rows[i : i + 500])
-    log.close()
+    logs = [tmp_path / "log-0", tmp_path / "log-1"]  # two server processes, each with its own log
+    for n, directory in enumerate(logs):
+        log = EventLog(directory, segment_bytes=50_000)
+        for i in range(n * 500, len(rows), 1000):
+            log.append(rows[i : i + 500])
+        log.close()
 
-    ckpt, metrics = train_ranker_job(config, progress=False, from_logs=tmp_path / "log")
-    assert metrics["log_events"] == len(rows)
+    ckpt, metrics = train_ranker_job(config, progress=False, from_logs=logs)
+    assert metrics["log_events"] == len(rows)  # both logs read
     model = MultiTaskRanker.from_checkpoint(load_checkpoint(config.ranker_path, "ranker"))
     # Held out: other users' impressions, scored by the click head.
     held = pl.DataFrame(_log_rows(users[400:], items, comedy, rng, "test"))

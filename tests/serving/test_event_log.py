@@ -48,10 +48,25 @@ def test_recovery_drops_torn_and_corrupt_lines_that_were_never_acknowledged(tmp_
     lines[1] = lines[1].replace(b"item1", b"itemX")  # a flipped byte: the checksum no longer matches
     segment.write_bytes(b"\n".join(lines[:5]) + b"\n" + b'0badc0de {"user_id": "u1", "item')  # torn tail
     assert [r["item_id"] for r in read_segment(segment)[0]] == ["item0", "item2", "item3", "item4"]
-    recovered = EventLog(tmp_path)  # as after a crash: the previous process never closed it
+    log._lock_file.close()  # as after a crash: the kernel drops a dead process's lock, nothing is closed
+    recovered = EventLog(tmp_path)
     assert recovered.dropped_at_recovery == 2
     assert read_event_log(tmp_path)["item_id"].to_list() == ["item0", "item2", "item3", "item4"]
     recovered.close()
+
+
+def test_a_second_writer_on_one_directory_is_refused(tmp_path):
+    """Two server processes on one event log would number and convert each other's segments."""
+    from feedcore.errors import ArtifactError
+
+    log = EventLog(tmp_path)
+    log.append([_event(0)])
+    with pytest.raises(ArtifactError, match=rf"{tmp_path}: the event log is open in process {os.getpid()}"):
+        EventLog(tmp_path)
+    log.close()
+    reopened = EventLog(tmp_path)  # free again once closed
+    assert reopened.append([_event(1)]) == 2
+    reopened.close()
 
 
 def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path, monkeypatch):
