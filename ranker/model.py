@@ -371,4 +371,3 @@ def quantize_for_serving(model: MultiTaskRanker) -> MultiTaskRanker:
     return quantize_embeddings(copy.deepcopy(model).eval(), dtype=torch.qint8, inplace=True,
                                additional_qconfig_spec_keys=[EmbeddingCollection],
                                additional_mapping={EmbeddingCollection: QuantEmbeddingCollection})
-

@@ -125,11 +125,7 @@ def train_ranker(
             for b in bar:
                 rows = train.take(order[b * config.batch_size : (b + 1) * config.batch_size])
                 batch = example_inputs(rows, item_features, args.features, retrieval).to(device)
-                loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
-                dense_optimizer.zero_grad()
-                loss.backward()
-                dense_optimizer.step()
-                total += loss.item()
+                total += train_step(dmp, dense_optimizer, batch)
                 bar.set_postfix(loss=f"{total / (b + 1):.4f}")
             logger.info("ranker epoch %d: loss %.4f", epoch + 1, total / n_batches)
         state = unsharded_state_dict(dmp)
@@ -142,6 +138,16 @@ def train_ranker(
     metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng,
                               retrieval=retrieval)
     return inference, {**metrics, "sharding": plan}
+
+
+def train_step(dmp: DistributedModelParallel, dense_optimizer: torch.optim.Optimizer, batch: RankerBatch) -> float:
+    """One optimisation step on `batch`: the dense part by `dense_optimizer`, the embedding tables
+    by their fused optimizer inside the backward pass. Returns the loss."""
+    loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
+    dense_optimizer.zero_grad()
+    loss.backward()
+    dense_optimizer.step()
+    return loss.item()
 
 
 def fused_sharding_constraints(args: RankerArgs, device: str) -> dict[str, ParameterConstraints]:

@@ -95,7 +95,7 @@ def _take_lock(directory: Path):
         holder = handle.read().strip() or "another process"
         handle.close()
         raise ArtifactError(f"{directory}: the event log is open in {holder}; give each server process its own "
-                            "[serving] event_log_dir (`feed train ranker --from-logs` reads one at a time)") from None
+                            "[serving] event_log_dir (`feed train ranker --from-logs` takes several)") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}\n")

@@ -201,16 +201,17 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     else:
         lm = make_language_model(config, engine.llm_cache_dir)
     current = pipeline()
-    catalog = grounding_catalog(current)
     posts = GeneratedPosts(config, pipeline, TextEmbeddings(load_text_encoder()))
-    writer = PostWriter(lm, catalog, Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
+    # The catalogue comes from `ground_in` (and again after each hot reload).
+    writer = PostWriter(lm, Catalog(()), Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
     cache = PostCache(config)
-    posts.writer, posts.cache, posts._grounded_in = writer, cache, current
+    posts.writer, posts.cache = writer, cache
+    posts.ground_in(current)
     posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:
         metrics.watch_generation(lambda: writer.stats)
     most_active = sorted(current.seen, key=lambda u: (-len(current.seen[u]), u))
     queued = posts.worker.warm(most_active)
     logger.info("generation: %s ready, %d titles to ground posts in; writing posts for %d active users",
-                lm.model_version, len(catalog), queued)
+                lm.model_version, len(writer.catalog), queued)
     return posts

@@ -84,8 +84,7 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     `engine.artifacts_dir` are picked up live (`serving.reloader`). With `[generation] enabled`,
     the generative module loads first and writes posts in the background (`serving.generated_posts`)."""
     config = engine.serving
-    torch.set_num_threads(config.torch_threads)
-    faiss.omp_set_num_threads(config.torch_threads)  # searches run in parallel on the workers already
+    _limit_threads(config.torch_threads)  # this thread's; the gRPC workers set theirs (create_server)
     running = create_server(config, pipeline, event_log)
     server, port, health_servicer = running.server, running.port, running.health
     posts = None

@@ -101,7 +101,7 @@ def test_training_with_fused_embeddings_learns(trained_engine):
 
 def test_dmp_plans_fused_kernels_and_the_fused_optimizer_updates_tables():
     from feedcore.distributed import process_group
-    from ranker.train import describe_plan, shard_for_training, unsharded_state_dict
+    from ranker.train import describe_plan, shard_for_training, train_step, unsharded_state_dict
 
     torch.manual_seed(0)
     feats = _item_features()
@@ -113,13 +113,7 @@ def test_dmp_plans_fused_kernels_and_the_fused_optimizer_updates_tables():
                                                   RankerConfig(sparse_learning_rate=0.1), "cpu", 1)
         plan = describe_plan(dmp.plan)
         before = unsharded_state_dict(dmp)
-        losses = []
-        for _ in range(30):
-            loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
-            dense_optimizer.zero_grad()
-            loss.backward()
-            dense_optimizer.step()
-            losses.append(loss.item())
+        losses = [train_step(dmp, dense_optimizer, batch) for _ in range(30)]
         after = unsharded_state_dict(dmp)
     assert {v.split("@")[0] for v in plan.values()} <= {"table_wise/fused", "column_wise/fused",
                                                          "table_column_wise/fused"}

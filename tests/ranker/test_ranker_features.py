@@ -110,7 +110,7 @@ def test_target_attention_ignores_padding_and_follows_the_candidate():
                          ids=["bag", "target_attention"])
 def test_every_feature_trains_under_dmp_with_fused_tables(features):
     from feedcore.distributed import process_group
-    from ranker.train import describe_plan, shard_for_training
+    from ranker.train import describe_plan, shard_for_training, train_step
 
     torch.manual_seed(0)
     feats = _features()
@@ -124,13 +124,7 @@ def test_every_feature_trains_under_dmp_with_fused_tables(features):
         dmp, dense_optimizer = shard_for_training(MultiTaskRanker(args, device=torch.device("meta")),
                                                   RankerConfig(sparse_learning_rate=0.1), "cpu", 1)
         plan = describe_plan(dmp.plan)
-        losses = []
-        for _ in range(40):
-            loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
-            dense_optimizer.zero_grad()
-            loss.backward()
-            dense_optimizer.step()
-            losses.append(loss.item())
+        losses = [train_step(dmp, dense_optimizer, batch) for _ in range(40)]
         trained = {n: p for n, p in dmp.named_parameters()}
     assert set(plan) == {t.name for t in args.tables()} and "t_context" in plan
     assert all("/fused@" in v for v in plan.values())
