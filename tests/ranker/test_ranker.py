@@ -174,7 +174,9 @@ def test_every_multi_task_layout_predicts_each_task(experts):
         gates = model.experts.gates(x).view(5, 2, -1).softmax(-1)
         assert torch.allclose(gates.sum(-1), torch.ones(5, 2))
         # The batched-matmul mixture equals the definition: each task's gated sum of its experts.
-        outputs = torch.stack([e(x) for e in model.experts.experts], dim=1)  # (5, E, H)
+        layer, h = model.experts.experts, model.experts.hidden
+        outputs = torch.stack([torch.relu(x @ layer.weight[e * h : (e + 1) * h].T + layer.bias[e * h : (e + 1) * h])
+                               for e in range(model.experts.num_experts)], dim=1)  # (5, E, H), expert by expert
         reference = torch.einsum("bte,bteh->bth", gates, outputs[:, model.experts.expert_index])
         assert torch.allclose(model.experts(x), reference, atol=1e-6)
 
@@ -187,9 +189,27 @@ def test_ple_task_experts_learn_only_from_their_own_task():
                                                 expert_hidden=8))
     batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features())
     model.logits(batch.dense, batch.sparse)[:, 0].sum().backward()  # the click task only
-    grad = [e._mlp[0]._linear.weight.grad for e in model.experts.experts]  # 2 shared, then click's, rating's
-    assert all(g is not None and g.abs().sum() > 0 for g in grad[:3])
-    assert grad[3] is None or grad[3].abs().sum() == 0
+    grad = model.experts.experts.weight.grad.view(4, 8, -1)  # per expert: 2 shared, then click's, rating's
+    assert all(g.abs().sum() > 0 for g in grad[:3])
+    assert grad[3].abs().sum() == 0
+
+
+def test_a_checkpoint_with_one_layer_per_expert_loads_into_the_stacked_layer():
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = MultiTaskRanker(dataclasses.replace(_args(), experts="ple", num_shared_experts=2, num_task_experts=1,
+                                                expert_hidden=8))
+    state = model.state_dict()
+    weight, bias = state.pop("experts.experts.weight"), state.pop("experts.experts.bias")
+    for e in range(4):  # the layout written before: experts.experts.<e>._mlp.0._linear.{weight,bias}
+        state[f"experts.experts.{e}._mlp.0._linear.weight"] = weight[e * 8 : (e + 1) * 8].clone()
+        state[f"experts.experts.{e}._mlp.0._linear.bias"] = bias[e * 8 : (e + 1) * 8].clone()
+    torch.manual_seed(1)
+    loaded = MultiTaskRanker(model.args)
+    loaded.load_state_dict(state)  # strict: every old key consumed, every new one filled
+    batch = ranker_inputs(np.array([1, 2]), np.array([3, 4]), np.array([[0, 1], [2, 3]]), _item_features())
+    assert torch.equal(loaded.logits(batch.dense, batch.sparse), model.logits(batch.dense, batch.sparse))
 
 
 def test_candidate_source_is_a_sparse_feature():
