@@ -4,7 +4,7 @@
     feed train retrieval --config configs/demo.toml
     feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log [DIR ...]]
     feed index build    --config configs/demo.toml
-    feed serve          --config configs/demo.toml [--port 50051]
+    feed serve          --config configs/demo.toml [--port 50051] [--processes 2]
     feed demo           [--config configs/demo.toml]
     feed eval compare   A.toml B.toml --dataset configs/demo.toml [--out reports/compare]
     feed ab analyze     --experiment configs/experiments/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
@@ -86,15 +86,25 @@ def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
-    from serving.event_log import EventLog
-    from serving.pipeline import FeedPipeline
-    from serving.server import serve
+    from serving.process import process_event_log, serve_processes, use_huge_pages
 
     serving = config.serving
     if args.port is not None:
         serving = dataclasses.replace(serving, port=args.port)
+    if args.processes > 1:  # a launcher: the processes load the models
+        raise SystemExit(serve_processes(config, args.config, args.processes, serving.port, READY))
+    use_huge_pages(config)  # before anything large is allocated: it restarts this process once
+    from serving.event_log import EventLog
+    from serving.pipeline import FeedPipeline
+    from serving.server import serve
+
+    event_log_dir = config.event_log_dir
+    if args.process_index is not None:  # one of `--processes N`: its own event log and metrics port
+        event_log_dir = str(process_event_log(event_log_dir, args.process_index))
+        if serving.metrics_port > 0:
+            serving = dataclasses.replace(serving, metrics_port=serving.metrics_port + args.process_index)
     pipeline = FeedPipeline.from_artifacts(config)
-    event_log = EventLog(config.event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
+    event_log = EventLog(event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
     serve(dataclasses.replace(config, serving=serving), pipeline, event_log,
           on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True))
 
@@ -247,6 +257,12 @@ COMMANDS = {
 }
 
 
+def _at_least_one(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number >= 1")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feed", description="Recommendation and generative feed engine")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -268,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = sub.add_parser("serve", help="run the gRPC feed service")
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")
+    serve_parser.add_argument("--processes", type=_at_least_one, default=1,
+                              help="server processes sharing the port (one per core; serving.process)")
+    serve_parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)  # one of them
     add(sub.add_parser("demo", help="the whole path on the bundled dataset"), ("demo",))
 
     compare = sub.add_parser("eval", help="offline evaluation").add_subparsers(dest="action", required=True) \

@@ -233,8 +233,17 @@ class EventLog:
 
 
 def read_event_log(directory: str | Path) -> pl.DataFrame:
-    """Every event of the log in `directory`, in seq order (Parquet files, then live segments)."""
+    """Every event of the log in `directory`, in seq order (Parquet files, then live segments).
+    The directory of a `feed serve --processes N` holds one log per process (``process-<i>/``):
+    then their events too, one log after the other (each numbers its own seq)."""
     directory = Path(directory)
+    processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
+    if processes:
+        return pl.concat([_read_one_log(directory), *map(_read_one_log, processes)], how="vertical_relaxed")
+    return _read_one_log(directory)
+
+
+def _read_one_log(directory: Path) -> pl.DataFrame:
     parts = [pl.read_parquet(p) for p in sorted(directory.glob("events-*.parquet")) if _PARQUET.match(p.name)]
     for segment in sorted(p for p in directory.glob("wal-*.jsonl") if _SEGMENT.match(p.name)):
         parts.append(_frame(read_segment(segment)[0]))
