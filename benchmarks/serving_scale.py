@@ -68,7 +68,6 @@ from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 from serving.pipeline import FeedPipeline
-from serving.process import use_huge_pages
 from serving.server import serve
 
 RESULTS = Path(__file__).parent / "results"
@@ -138,7 +137,6 @@ def run_server(config_path: str, index_dir: Path, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)  # an import may have configured logging already
     config = load_config(config_path)
-    use_huge_pages(config)  # as `feed serve` runs (restarts this process once)
     # No reloads (they would swap the unscaled index back in); no background post generation
     # (an LLM on the same 2 cores is another workload; benchmarks/generation_feed_latency.py's).
     config = dataclasses.replace(

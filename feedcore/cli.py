@@ -86,20 +86,20 @@ def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
-    from serving.process import process_event_log, serve_processes, use_huge_pages
+    from serving.process import process_event_log, serve_processes, stop_with_launcher
 
     serving = config.serving
     if args.port is not None:
         serving = dataclasses.replace(serving, port=args.port)
     if args.processes > 1:  # a launcher: the processes load the models
         raise SystemExit(serve_processes(config, args.config, args.processes, serving.port, READY))
-    use_huge_pages(config)  # before anything large is allocated: it restarts this process once
     from serving.event_log import EventLog
     from serving.pipeline import FeedPipeline
     from serving.server import serve
 
     event_log_dir = config.event_log_dir
     if args.process_index is not None:  # one of `--processes N`: its own event log and metrics port
+        stop_with_launcher()
         event_log_dir = str(process_event_log(event_log_dir, args.process_index))
         if serving.metrics_port > 0:
             serving = dataclasses.replace(serving, metrics_port=serving.metrics_port + args.process_index)

@@ -183,9 +183,6 @@ class ServingConfig:
     # arrival order, holding no GIL). The pipeline is CPU work under one GIL: running several at
     # once only interleaves them, so each takes longer and the tail grows. 0: no limit.
     feed_concurrency: int = 1
-    # `feed serve` runs with glibc's malloc on transparent huge pages (it restarts itself once with
-    # GLIBC_TUNABLES=glibc.malloc.hugetlb=1; `serving.process`): p99 -25% at 1M items on a VM.
-    huge_pages: bool = True
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

@@ -1,28 +1,21 @@
-"""The server's processes: malloc on huge pages, and one server process per core.
+"""`feed serve --processes N`: N server processes on one port, one per core.
 
-`use_huge_pages` restarts `feed serve` once (same pid, same arguments) with glibc's malloc on
-transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, read only at process start).
-A served request touches a 1M-item index, catalogue and model at random: with 4 KiB pages most of
-those touches miss the TLB, and a miss costs most inside a VM (a two-level page walk). Measured
-on this repository's 2-vCPU VM: in-process GetFeed at 1M items 8.7 → 6.7 ms, and p99 at 100
-req/s over gRPC 92 → 68 ms (benchmarks/serving_scale.py).
-
-`serve_processes` is `feed serve --processes N`: N server processes on one port. gRPC binds it
-with SO_REUSEPORT, so the kernel spreads incoming connections over the processes (per
-connection: a client with one channel talks to one process; spread requests over several
-channels, or balance per request with gRPC's client-side ``round_robin``). Each process has its own
-event log (``<event_log_dir>/process-<i>``; `feed train ranker --from-logs <event_log_dir>` reads
-them all) and metrics port (``metrics_port + i`` when one is set). The launcher loads no model:
-it starts process 0 (which picks the port when it is 0), then the others on that port, prints
-the ready line once all serve, restarts a process that dies while serving, and on SIGTERM /
-SIGINT passes the signal on and waits for each to drain.
+gRPC binds the port with SO_REUSEPORT, so the kernel spreads incoming connections over the
+processes (per connection: a client with one channel talks to one process; spread requests over
+several channels, or name the processes' own ports and balance per request with gRPC's
+client-side ``round_robin``). Each process has its own event log (``<event_log_dir>/process-<i>``;
+`feed train ranker --from-logs <event_log_dir>` reads them all) and metrics port
+(``metrics_port + i`` when one is set). The launcher (`serve_processes`) loads no model: it
+starts process 0 (which picks the port when it is 0), then the others on that port, prints the
+ready line once all serve, restarts a process that dies while serving, and on SIGTERM / SIGINT
+passes the signal on and waits for each to drain. A process whose launcher dies (even by kill -9)
+gets SIGTERM from the kernel and drains too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -33,29 +26,20 @@ from pathlib import Path
 from feedcore.config import EngineConfig
 
 logger = logging.getLogger(__name__)
-HUGE_PAGES = "glibc.malloc.hugetlb"
 RESTART_DELAY_S = 1.0
 
 
-def huge_pages_environment(environ: dict[str, str]) -> dict[str, str]:
-    """`environ` with glibc's malloc on transparent huge pages, unless its GLIBC_TUNABLES already
-    say something of huge pages (a setting of the operator's, kept as it is)."""
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if HUGE_PAGES in tunables:
-        return environ
-    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{HUGE_PAGES}=1"]))}
-
-
-def use_huge_pages(config: EngineConfig) -> None:
-    """Re-execute this process with malloc on huge pages when `[serving] huge_pages` is on and it
-    is not yet (Linux with glibc only; elsewhere, and on a kernel with THP off, nothing changes).
-    Call it first thing: whatever was loaded before is loaded again."""
-    if (not config.serving.huge_pages or sys.platform != "linux" or platform.libc_ver()[0] != "glibc"
-            or HUGE_PAGES in os.environ.get("GLIBC_TUNABLES", "")):
+def stop_with_launcher() -> None:
+    """In a process of `serve_processes`: have the kernel send it SIGTERM (a graceful drain) when
+    the launcher dies, even by kill -9, so no process is left serving alone (Linux only)."""
+    if sys.platform != "linux":
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], huge_pages_environment(dict(os.environ)))
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def process_command(config_path: str, port: int, index: int) -> list[str]:
@@ -71,8 +55,7 @@ def process_event_log(event_log_dir: str | Path, index: int) -> Path:
 def serve_processes(config: EngineConfig, config_path: str, processes: int, port: int, ready_line: str) -> int:
     """Run `processes` server processes on one port until SIGTERM / SIGINT; returns the exit
     status (0 when every process drained cleanly). A process that fails to start stops them all."""
-    environ = huge_pages_environment(dict(os.environ)) if config.serving.huge_pages else dict(os.environ)
-    environ["PYTHONUNBUFFERED"] = "1"
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stopping = threading.Event()
     children: list[subprocess.Popen | None] = [None] * processes
 
