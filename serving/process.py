@@ -7,9 +7,10 @@ client-side ``round_robin``). Each process has its own event log (``<event_log_d
 `feed train ranker --from-logs <event_log_dir>` reads them all) and metrics port
 (``metrics_port + i`` when one is set). The launcher (`serve_processes`) loads no model: it
 starts process 0 (which picks the port when it is 0), then the others on that port, prints the
-ready line once all serve, restarts a process that dies while serving, and on SIGTERM / SIGINT
-passes the signal on and waits for each to drain. A process whose launcher dies (even by kill -9)
-gets SIGTERM from the kernel and drains too.
+ready line once all serve, and on SIGTERM / SIGINT passes the signal on and waits for each to
+drain. A process that fails to start stops the launch; one that dies while serving is restarted
+on its log (with a doubling delay when it keeps dying) while the others serve on. A process whose
+launcher dies (even by kill -9) gets SIGTERM from the kernel and drains too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pathlib import Path
 from feedcore.config import EngineConfig
 
 logger = logging.getLogger(__name__)
-RESTART_DELAY_S = 1.0
+RESTART_DELAY_S = 1.0  # before restarting a process that died; doubled per restart in a crash loop
+MAX_RESTART_DELAY_S = 60.0
+STABLE_S = 60.0  # a process that served this long before dying is restarted after RESTART_DELAY_S again
 
 
 def stop_with_launcher() -> None:
@@ -92,16 +95,22 @@ def serve_processes(config: EngineConfig, config_path: str, processes: int, port
         stop_all()
         return 1
     print(f"{ready_line} {config.serving.host}:{port}", flush=True)
+    started = [time.monotonic()] * processes
+    delay = [RESTART_DELAY_S] * processes
     while not stopping.wait(0.5):
         for index, child in enumerate(children):
-            if child.poll() is not None and not stopping.is_set():
-                logger.error("server process %d (pid %d) exited with code %s: restarting it", index, child.pid,
-                             child.returncode)
-                time.sleep(RESTART_DELAY_S)
-                try:
-                    children[index], _ = start(index, port)
-                except RuntimeError as e:
-                    logger.error("%s; stopping the others", e)
-                    stop_all()
-                    return 1
+            if child.poll() is None or stopping.is_set():
+                continue
+            if time.monotonic() - started[index] > STABLE_S:  # it had been serving: no crash loop
+                delay[index] = RESTART_DELAY_S
+            logger.error("server process %d (pid %d) exited with code %s: restarting it in %.0f s", index, child.pid,
+                         child.returncode, delay[index])
+            if stopping.wait(delay[index]):
+                break
+            started[index] = time.monotonic()
+            delay[index] = min(2 * delay[index], MAX_RESTART_DELAY_S)
+            try:
+                children[index], _ = start(index, port)
+            except RuntimeError as e:  # say, the artifacts on disk no longer load: the others keep serving
+                logger.error("%s; the other processes keep serving", e)
     return stop_all()
