@@ -92,7 +92,7 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
     if args.port is not None:
         serving = dataclasses.replace(serving, port=args.port)
     if args.processes > 1:  # a launcher: the processes load the models
-        raise SystemExit(serve_processes(config, args.config, args.processes, serving.port, READY))
+        raise SystemExit(serve_processes(config, args.config, args.processes, serving.port, READY, args.verbose))
     from serving.event_log import EventLog
     from serving.pipeline import FeedPipeline
     from serving.server import serve
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
             if (group, action) == ("train", "ranker"):
                 action_parser.add_argument("--from-logs", default=None, metavar="DIR", nargs="+",
                                            help="also train on the served traffic in these event log directories "
-                                                "(one per server process)")
+                                                "(a server's event_log_dir; with --processes, all its processes')")
     serve_parser = sub.add_parser("serve", help="run the gRPC feed service")
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")

@@ -258,8 +258,9 @@ def train_ranker_job(
     config: EngineConfig, *, progress: bool = True, from_logs: str | Path | Sequence[str | Path] | None = None
 ) -> tuple[Checkpoint | None, dict[str, float]]:
     """`feed train ranker [--from-logs DIR [DIR ...]]`: prepared data (plus the served traffic
-    logged in each DIR, `serving.event_log`: one per server process) → trained multi-task ranker
-    checkpoint (with its features)."""
+    logged in each DIR, `serving.event_log`: a server's log, or the directory of a `feed serve
+    --processes N`, which holds one per process) → trained multi-task ranker checkpoint (with its
+    features)."""
     inputs = load_training_inputs(config)
     log = None
     if from_logs is not None:
@@ -270,6 +271,13 @@ def train_ranker_job(
             if not Path(directory).is_dir():
                 raise DataError(directory, "no event log here", expected="a serving event log directory "
                                 "(serving.event_log_dir, default <artifacts_dir>/event_log)")
+        resolved = [Path(d).resolve() for d in directories]
+        for i, a in enumerate(resolved):
+            for b in resolved[:i]:
+                if a.is_relative_to(b) or b.is_relative_to(a):  # equal, or one inside the other
+                    raise DataError(str(a), f"its events would be read twice, with those of {b}",
+                                    expected="each event log once (a `feed serve --processes` directory reads all of "
+                                             "its process-<i> logs)")
         log = pl.concat([read_event_log(d) for d in directories], how="vertical_relaxed")
         logger.info("ranker: read %d logged events from %s", log.height, ", ".join(map(str, directories)))
     inputs = with_text(inputs, config) if config.ranker.text_features else inputs

@@ -1,6 +1,6 @@
 """The durable event log: what apps report (impressions, clicks, follows, ...) is never lost once acknowledged.
 
-Write path: `EventLog.append` numbers a batch of events (`seq`, global and increasing), writes them
+Write path: `EventLog.append` numbers a batch of events (`seq`, increasing within the log), writes them
 to the open segment ``wal-<n>.jsonl`` as one line per event (``<crc32 hex> <json>``), and returns
 only after an fsync that covers them, so an event acknowledged to a client survives ``kill -9``
 and power loss. Concurrent appends share fsyncs (group commit): a thread whose events were
@@ -83,10 +83,11 @@ def _frame(records: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(records, schema=LOG_SCHEMA) if records else pl.DataFrame(schema=LOG_SCHEMA)
 
 
-def _take_lock(directory: Path):
+def take_lock(directory: Path):
     """An exclusive `flock` on <directory>/LOCK, held while the log is open (the kernel drops it
     when the process dies, so `kill -9` leaves nothing to clean up). Two writers would number and
-    convert each other's segments; the second one gets a clear error instead."""
+    convert each other's segments; the second one gets a clear error instead. `feed serve
+    --processes` holds the lock of the directory above its processes' logs."""
     handle = open(directory / "LOCK", "a+")  # noqa: SIM115 (held open while the log is)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,7 +116,7 @@ class EventLog:
     def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _take_lock(self.directory)  # one writer: a second server process on it is refused
+        self._lock_file = take_lock(self.directory)  # one writer: a second server process on it is refused
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # the open file, sequence numbers
         self._sync_lock = threading.Lock()  # one fsync at a time
@@ -235,7 +236,8 @@ class EventLog:
 def read_event_log(directory: str | Path) -> pl.DataFrame:
     """Every event of the log in `directory`, in seq order (Parquet files, then live segments).
     The directory of a `feed serve --processes N` holds one log per process (``process-<i>/``):
-    then their events too, one log after the other (each numbers its own seq)."""
+    then their events too, one log after the other, each in its own seq order (seq is unique
+    within a log, not across them)."""
     directory = Path(directory)
     processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
     if processes:

@@ -1,12 +1,15 @@
 """`feed serve --processes N`: N server processes on one port, one per core.
 
 gRPC binds the port with SO_REUSEPORT, so the kernel spreads incoming connections over the
-processes (per connection: a client with one channel talks to one process; spread requests over
-several channels, or name the processes' own ports and balance per request with gRPC's
-client-side ``round_robin``). Each process has its own event log (``<event_log_dir>/process-<i>``;
+processes per connection: a client with one channel talks to one process, so a client spreads
+its requests over several channels (per-request balancing, gRPC's client-side ``round_robin``
+over several ports, needs separate `feed serve` processes, each with its own port and
+``event_log_dir``). Each process has its own event log (``<event_log_dir>/process-<i>``;
 `feed train ranker --from-logs <event_log_dir>` reads them all) and metrics port
-(``metrics_port + i`` when one is set). The launcher (`serve_processes`) loads no model: it
-starts process 0 (which picks the port when it is 0), then the others on that port, prints the
+(``metrics_port + i`` when a fixed one is set, so keep the ports above it free). The launcher
+(`serve_processes`) loads no model; it holds the lock of ``<event_log_dir>`` (a second `feed
+serve` on the same config is refused at start, rather than sharing the port), reads the config
+once (the processes, restarted ones too, run a copy of it), starts process 0 (which picks the port when it is 0), then the others on that port, prints the
 ready line once all serve, and on SIGTERM / SIGINT passes the signal on and waits for each to
 drain. A process that fails to start stops the launch; one that dies while serving is restarted
 on its log (with a doubling delay when it keeps dying) while the others serve on. A process whose
@@ -20,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +31,7 @@ from pathlib import Path
 from feedcore.config import EngineConfig
 
 logger = logging.getLogger(__name__)
+LAUNCHER_PID = "FEED_LAUNCHER_PID"  # in a process's environment: the launcher it belongs to
 RESTART_DELAY_S = 1.0  # before restarting a process that died; doubled per restart in a crash loop
 MAX_RESTART_DELAY_S = 60.0
 STABLE_S = 60.0  # a process that served this long before dying is restarted after RESTART_DELAY_S again
@@ -40,61 +45,88 @@ def stop_with_launcher() -> None:
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the launcher died before the call
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this process outlives its launcher", ctypes.get_errno())
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher and os.getppid() != int(launcher):  # the launcher died before the call
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def process_command(config_path: str, port: int, index: int) -> list[str]:
+def process_command(config_path: str, port: int, index: int, verbose: bool = False) -> list[str]:
     """The command line of server process `index` (a `feed serve` of one process)."""
-    return [sys.executable, "-m", "feedcore.cli", "serve", "--config", config_path, "--port", str(port),
-            "--process-index", str(index)]
+    return [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve", "--config", config_path,
+            "--port", str(port), "--process-index", str(index)]
 
 
 def process_event_log(event_log_dir: str | Path, index: int) -> Path:
     return Path(event_log_dir) / f"process-{index}"
 
 
-def serve_processes(config: EngineConfig, config_path: str, processes: int, port: int, ready_line: str) -> int:
+def serve_processes(config: EngineConfig, config_path: str, processes: int, port: int, ready_line: str,
+                    verbose: bool = False) -> int:
     """Run `processes` server processes on one port until SIGTERM / SIGINT; returns the exit
-    status (0 when every process drained cleanly). A process that fails to start stops them all."""
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    status: 0 when every process drained cleanly, 1 when the launch failed, else the worst
+    process's (128 + signal for one killed by a signal)."""
+    from serving.event_log import take_lock
+
+    log_dir = Path(config.event_log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(log_dir)  # noqa: F841 (held, like the processes' own, until this process exits)
+    with tempfile.TemporaryDirectory(prefix="feed-serve-") as scratch:
+        snapshot = Path(scratch) / Path(config_path).name  # relative paths in it stay relative to the cwd
+        snapshot.write_bytes(Path(config_path).read_bytes())
+        command = lambda index, bind: process_command(str(snapshot), bind, index, verbose)  # noqa: E731
+        return _supervise(config, command, processes, port, ready_line)
+
+
+def _supervise(config: EngineConfig, command, processes: int, port: int, ready_line: str) -> int:
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())}
     stopping = threading.Event()
     children: list[subprocess.Popen | None] = [None] * processes
 
-    def start(index: int, bind_port: int) -> tuple[subprocess.Popen, int]:
-        child = subprocess.Popen(process_command(config_path, bind_port, index), stdout=subprocess.PIPE,
-                                 text=True, env=environ)
+    def start(index: int, bind_port: int) -> int:
+        """Start process `index` (into `children`, so a stop reaches it while it loads) and wait
+        for its ready line; returns its port."""
+        child = children[index] = subprocess.Popen(command(index, bind_port), stdout=subprocess.PIPE, text=True,
+                                                   env=environ)
         for line in child.stdout:  # its log goes to our stderr; stdout carries the ready line
             if line.startswith(ready_line):
-                chosen = int(line.rsplit(":", 1)[1])
-                threading.Thread(target=child.stdout.read, daemon=True).start()  # drain the rest
-                logger.info("process %d (pid %d) serving on port %d", index, child.pid, chosen)
-                return child, chosen
+                threading.Thread(target=_forward, args=(child.stdout,), daemon=True).start()
+                logger.info("process %d (pid %d) serving on port %s", index, child.pid, line.rsplit(":", 1)[1].strip())
+                return int(line.rsplit(":", 1)[1])
         raise RuntimeError(f"server process {index} exited before serving (code {child.wait()})")
 
-    def stop_all(signum: int = signal.SIGTERM) -> int:
+    def signal_all() -> None:
         for child in children:
             if child is not None and child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signal.SIGTERM)
+
+    def stop_all() -> int:
+        signal_all()
         codes = [child.wait() for child in children if child is not None]
-        return max((abs(c) for c in codes), default=0)
+        return max((c if c >= 0 else 128 - c for c in codes), default=0)
 
     def on_signal(signum, _frame) -> None:
         logger.info("signal %s: stopping %d server processes", signal.Signals(signum).name, processes)
         stopping.set()
+        signal_all()  # processes still loading stop too
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        children[0], port = start(0, port)  # picks the port when it is 0; the others share it
+        port = start(0, port)  # picks the port when it is 0; the others share it
         for index in range(1, processes):
-            children[index], _ = start(index, port)
+            if stopping.is_set():
+                break
+            start(index, port)
     except RuntimeError as e:
+        if stopping.is_set():  # stopped while loading
+            return stop_all()
         logger.error("%s; stopping the others", e)
         stop_all()
         return 1
-    print(f"{ready_line} {config.serving.host}:{port}", flush=True)
+    if not stopping.is_set():
+        print(f"{ready_line} {config.serving.host}:{port}", flush=True)
     started = [time.monotonic()] * processes
     delay = [RESTART_DELAY_S] * processes
     while not stopping.wait(0.5):
@@ -107,10 +139,17 @@ def serve_processes(config: EngineConfig, config_path: str, processes: int, port
                          child.returncode, delay[index])
             if stopping.wait(delay[index]):
                 break
-            started[index] = time.monotonic()
             delay[index] = min(2 * delay[index], MAX_RESTART_DELAY_S)
             try:
-                children[index], _ = start(index, port)
+                start(index, port)
             except RuntimeError as e:  # say, the artifacts on disk no longer load: the others keep serving
                 logger.error("%s; the other processes keep serving", e)
+            started[index] = time.monotonic()
     return stop_all()
+
+
+def _forward(stream) -> None:
+    """A process's standard output after its ready line, passed on to ours."""
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()

@@ -72,62 +72,6 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
     assert "stopped" in server.stderr.read()
 
 
-def test_serve_processes_share_one_port_restart_a_killed_one_and_lose_no_event(trained_engine, tmp_path):
-    """`feed serve --processes 2`: both processes take connections on the one port, each logs to its
-    own event log; a process killed with -9 is restarted on its log, whose acknowledged events
-    survive; SIGTERM stops both cleanly, and the directory reads back as every event acknowledged."""
-    import re
-    import time
-
-    from serving.event_log import read_event_log
-
-    log_dir = tmp_path / "log"
-    config = tmp_path / "serve.toml"
-    config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n[serving]\nevent_log_dir = '{log_dir}'\n"
-                      "api_keys = ['k']\n")
-    stderr = tmp_path / "server.log"
-    with stderr.open("w") as err:
-        server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0",
-                                   "--processes", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    acked = 0
-
-    def log_one_event_per_connection(n: int) -> None:
-        nonlocal acked
-        for i in range(n):  # a channel each: a connection each, which the kernel gives to either process
-            with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-                wait_ready(channel)
-                event = feed_pb2.Event(user_id="1", item_id="1", content_type="movie", event="impression",
-                                       request_id=f"r{acked}", position=i)
-                ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter([event]), metadata=[("x-api-key", "k")],
-                                                                       timeout=30)
-                acked += ack.accepted
-
-    def serving_pids() -> dict[int, int]:  # process index -> pid, the latest start of each
-        return {int(i): int(pid) for i, pid in re.findall(r"process (\d+) \(pid (\d+)\) serving", stderr.read_text())}
-
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
-        address = line.split()[1]
-        first = serving_pids()
-        assert sorted(first) == [0, 1]
-        log_one_event_per_connection(24)
-        os.kill(first[0], signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while serving_pids().get(0) == first[0] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert serving_pids()[0] != first[0], stderr.read_text()[-3000:]  # restarted
-        log_one_event_per_connection(8)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=120)
-    assert code == 0, stderr.read_text()[-3000:]
-    per_process = [read_event_log(log_dir / f"process-{i}").height for i in range(2)]
-    assert min(per_process) > 0 and sum(per_process) == acked == 32
-    assert read_event_log(log_dir).height == acked  # the launcher's directory reads as all of its logs
-
-
 def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path, llm_cache_dir):
     """`feed demo` as a user runs it: prepare, train both, index, serve with the generative module
     (the real language model, short posts), a streamed post that then shows in the first user's
@@ -179,33 +123,3 @@ def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path, llm_cache_dir):
     logged = read_event_log(tmp_path / "a" / "event_log")
     assert logged.height == 22 and logged["request_id"].null_count() == 0
     assert not list((tmp_path / "a" / "event_log").glob("wal-*"))
-
-
-def test_serve_processes_drain_when_their_launcher_is_killed(trained_engine, tmp_path):
-    import re
-    import time
-
-    config = tmp_path / "serve.toml"
-    config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n[serving]\nevent_log_dir = '{tmp_path / 'log'}'\n")
-    stderr = tmp_path / "server.log"
-    with stderr.open("w") as err:
-        launcher = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port",
-                                     "0", "--processes", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert launcher.stdout.readline().startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
-    pids = [int(p) for p in re.findall(r"\(pid (\d+)\) serving", stderr.read_text())]
-    assert len(pids) == 2
-    launcher.kill()
-    launcher.wait()
-    deadline = time.monotonic() + 60
-    while any(map(_running, pids)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(map(_running, pids))
-    assert stderr.read_text().count("INFO serving.server: stopped") == 2  # each drained, as on a SIGTERM
-
-
-def _running(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has exited
-    except FileNotFoundError:
-        return False

@@ -40,6 +40,20 @@ def test_appended_events_are_read_back_in_order_and_rotate_into_parquet(tmp_path
     reopened.close()
 
 
+def test_a_launchers_directory_reads_as_its_own_log_then_each_process_log_in_order(tmp_path):
+    """`feed serve --processes N` logs to <dir>/process-<i>: reading <dir> gives them all (a log
+    the directory held itself first), each in its seq order; other subdirectories are not logs."""
+    for directory, items in ((tmp_path, [0]), (tmp_path / "process-10", [3]), (tmp_path / "process-2", [1, 2])):
+        directory.mkdir(exist_ok=True)
+        log = EventLog(directory)
+        log.append([_event(i) for i in items])
+        log.close()
+    (tmp_path / "process-x").mkdir()
+    events = read_event_log(tmp_path)
+    assert events["item_id"].to_list() == ["item0", "item1", "item2", "item3"]  # process-2 before process-10
+    assert events["seq"].to_list() == [1, 1, 2, 1]  # numbered per log
+
+
 def test_recovery_drops_torn_and_corrupt_lines_that_were_never_acknowledged(tmp_path):
     log = EventLog(tmp_path)
     log.append([_event(i) for i in range(5)])

@@ -1,0 +1,141 @@
+"""`feed serve --processes N` (`serving.process`) as an operator runs it: real processes on one port."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from feedcore.errors import DataError
+from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.client import wait_ready
+from serving.event_log import read_event_log
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _launch(config: Path, stderr: Path, *args: str) -> subprocess.Popen:
+    with stderr.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), *args],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _serving_pids(stderr: Path) -> dict[int, int]:
+    """Process index -> pid, the latest start of each, from the launcher's log."""
+    return {int(i): int(pid) for i, pid in re.findall(r"process (\d+) \(pid (\d+)\) serving", stderr.read_text())}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def _kill_survivors(*pids: int) -> None:
+    for pid in pids:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _config(tmp_path: Path, engine, **serving: str) -> Path:
+    config = tmp_path / "serve.toml"
+    lines = [f"artifacts_dir = '{engine.artifacts_dir}'", "[serving]", f"event_log_dir = '{tmp_path / 'log'}'"]
+    config.write_text("\n".join(lines + [f"{k} = {v}" for k, v in serving.items()]) + "\n")
+    return config
+
+
+def test_processes_share_one_port_restart_a_killed_one_and_lose_no_event(trained_engine, tmp_path):
+    """Both processes take connections on the one port, each logs to its own event log; a second
+    server on the config is refused; a process killed with -9 is restarted on its log, whose
+    acknowledged events survive; SIGTERM stops both cleanly, and the directory reads back as
+    every event acknowledged."""
+    config, stderr = _config(tmp_path, trained_engine, api_keys="['k']"), tmp_path / "server.log"
+    launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
+    acked = 0
+
+    def log_one_event_per_connection(n: int) -> None:
+        nonlocal acked
+        for i in range(n):  # a channel each: a connection each, which the kernel gives to either process
+            with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                wait_ready(channel)
+                event = feed_pb2.Event(user_id="1", item_id="1", content_type="movie", event="impression",
+                                       request_id=f"r{acked}", position=i)
+                ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter([event]), metadata=[("x-api-key", "k")],
+                                                                       timeout=30)
+                acked += ack.accepted
+
+    first = {}
+    try:
+        line = launcher.stdout.readline()
+        assert line.startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
+        address = line.split()[1]
+        first = _serving_pids(stderr)
+        assert sorted(first) == [0, 1]
+        second = subprocess.run([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and f"the event log is open in process {launcher.pid}" in second.stderr
+        log_one_event_per_connection(24)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while _serving_pids(stderr).get(0) == first[0] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _serving_pids(stderr)[0] != first[0], stderr.read_text()[-3000:]  # restarted
+        log_one_event_per_connection(8)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            code = launcher.wait(timeout=120)
+        finally:
+            _kill_survivors(launcher.pid, *first.values(), *_serving_pids(stderr).values())
+    assert code == 0, stderr.read_text()[-3000:]
+    per_process = [read_event_log(tmp_path / "log" / f"process-{i}").height for i in range(2)]
+    assert min(per_process) > 0 and sum(per_process) == acked == 32
+    assert read_event_log(tmp_path / "log").height == acked  # the launcher's directory reads as all of its logs
+
+
+def test_processes_drain_when_their_launcher_is_killed(trained_engine, tmp_path):
+    stderr = tmp_path / "server.log"
+    launcher = _launch(_config(tmp_path, trained_engine), stderr, "--port", "0", "--processes", "2")
+    pids = []
+    try:
+        assert launcher.stdout.readline().startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
+        pids = list(_serving_pids(stderr).values())
+        assert len(pids) == 2
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while any(map(_running, pids)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_running, pids))
+    finally:
+        _kill_survivors(launcher.pid, *pids)
+    assert stderr.read_text().count("INFO serving.server: stopped") == 2  # each drained, as on a SIGTERM
+
+
+def test_a_launch_whose_process_cannot_load_exits_1_and_says_why(tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text(f"artifacts_dir = '{tmp_path / 'empty'}'\n")
+    stderr = tmp_path / "server.log"
+    launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
+    try:
+        assert launcher.wait(timeout=300) == 1
+    finally:
+        _kill_survivors(launcher.pid)
+    log = stderr.read_text()
+    assert "run `feed data prepare` first" in log or "written by `feed data prepare`" in log
+    assert "server process 0 exited before serving (code 2); stopping the others" in log
+
+
+def test_training_refuses_to_read_one_event_log_twice(trained_engine, tmp_path):
+    from ranker.train import train_ranker_job
+
+    (tmp_path / "log" / "process-0").mkdir(parents=True)
+    with pytest.raises(DataError, match="would be read twice"):
+        train_ranker_job(trained_engine, progress=False, from_logs=[tmp_path / "log", tmp_path / "log" / "process-0"])
