@@ -75,7 +75,10 @@ def serve_processes(config: EngineConfig, config_path: str, processes: int, port
     with tempfile.TemporaryDirectory(prefix="feed-serve-") as scratch:
         snapshot = Path(scratch) / Path(config_path).name  # relative paths in it stay relative to the cwd
         snapshot.write_bytes(Path(config_path).read_bytes())
-        command = lambda index, bind: process_command(str(snapshot), bind, index, verbose)  # noqa: E731
+
+        def command(index: int, bind_port: int) -> list[str]:
+            return process_command(str(snapshot), bind_port, index, verbose)
+
         return _supervise(config, command, processes, port, ready_line)
 
 
