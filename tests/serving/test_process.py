@@ -139,3 +139,39 @@ def test_training_refuses_to_read_one_event_log_twice(trained_engine, tmp_path):
     (tmp_path / "log" / "process-0").mkdir(parents=True)
     with pytest.raises(DataError, match="would be read twice"):
         train_ranker_job(trained_engine, progress=False, from_logs=[tmp_path / "log", tmp_path / "log" / "process-0"])
+
+
+def test_a_restart_that_cannot_load_leaves_the_other_process_serving(trained_engine, tmp_path):
+    import shutil
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_engine.artifacts_dir, artifacts)
+    config, stderr = tmp_path / "serve.toml", tmp_path / "server.log"
+    config.write_text(f"artifacts_dir = '{artifacts}'\n[serving]\nreload_interval_s = 0\n")
+    launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
+    pids = {}
+    try:
+        line = launcher.stdout.readline()
+        assert line.startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
+        pids = _serving_pids(stderr)
+        (artifacts / "ranker" / "model.pt").write_bytes(b"not a checkpoint")  # what a restart would load
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while "the other processes keep serving" not in stderr.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "server process 0 exited before serving (code 2); the other processes keep serving" in stderr.read_text()
+        for _ in range(4):  # new connections all land on process 1, the one left
+            with grpc.insecure_channel(line.split()[1], options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                wait_ready(channel)
+                response = feed_pb2_grpc.FeedServiceStub(channel).GetFeed(
+                    feed_pb2.GetFeedRequest(user_id="1", page_size=3), timeout=30)
+                assert len(response.items) == 3
+        assert _running(pids[1])
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            code = launcher.wait(timeout=120)
+        finally:
+            _kill_survivors(launcher.pid, *pids.values(), *_serving_pids(stderr).values())
+    assert code != 0  # process 0 never came back
+    assert "corrupt or unreadable ranker checkpoint" in stderr.read_text()
