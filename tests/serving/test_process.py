@@ -44,6 +44,16 @@ def _kill_survivors(*pids: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _stop(launcher: subprocess.Popen, stderr: Path, *pids: int) -> int:
+    """SIGTERM the launcher and return its exit code; whatever is left of it or its processes
+    (these, and every one its log names) is killed, so a failing test leaks nothing."""
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        return launcher.wait(timeout=120)
+    finally:
+        _kill_survivors(launcher.pid, *pids, *_serving_pids(stderr).values())
+
+
 def _config(tmp_path: Path, engine, **serving: str) -> Path:
     config = tmp_path / "serve.toml"
     lines = [f"artifacts_dir = '{engine.artifacts_dir}'", "[serving]", f"event_log_dir = '{tmp_path / 'log'}'"]
@@ -89,11 +99,7 @@ def test_processes_share_one_port_restart_a_killed_one_and_lose_no_event(trained
         assert _serving_pids(stderr)[0] != first[0], stderr.read_text()[-3000:]  # restarted
         log_one_event_per_connection(8)
     finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            code = launcher.wait(timeout=120)
-        finally:
-            _kill_survivors(launcher.pid, *first.values(), *_serving_pids(stderr).values())
+        code = _stop(launcher, stderr, *first.values())
     assert code == 0, stderr.read_text()[-3000:]
     per_process = [read_event_log(tmp_path / "log" / f"process-{i}").height for i in range(2)]
     assert min(per_process) > 0 and sum(per_process) == acked == 32
@@ -168,10 +174,6 @@ def test_a_restart_that_cannot_load_leaves_the_other_process_serving(trained_eng
                 assert len(response.items) == 3
         assert _running(pids[1])
     finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            code = launcher.wait(timeout=120)
-        finally:
-            _kill_survivors(launcher.pid, *pids.values(), *_serving_pids(stderr).values())
+        code = _stop(launcher, stderr, *pids.values())
     assert code != 0  # process 0 never came back
     assert "corrupt or unreadable ranker checkpoint" in stderr.read_text()
