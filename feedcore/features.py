@@ -40,11 +40,14 @@ class Vocabulary:
             object.__setattr__(self, "_cached_index", index)
             return index
 
-    def encode(self, series: pl.Series) -> np.ndarray:
+    def encode(self, series: pl.Series | list[str]) -> np.ndarray:
         """Indices of `series` (int64), unknown and null → 0."""
         if len(series) < _SMALL:  # a request's candidates: dict lookups beat a join
             index = self._index
-            return np.fromiter((index.get(v, UNKNOWN) for v in series.to_list()), np.int64, len(series))
+            values = series if isinstance(series, list) else series.to_list()
+            return np.fromiter((index.get(v, UNKNOWN) for v in values), np.int64, len(values))
+        if isinstance(series, list):
+            series = pl.Series(series, dtype=pl.String)
         out = pl.DataFrame({"v": series.cast(pl.String)}).join(self._frame, on="v", how="left", maintain_order="left")
         return out["i"].fill_null(UNKNOWN).to_numpy()
 

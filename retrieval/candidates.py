@@ -12,7 +12,9 @@ Sources, each tagging its candidates with its name (for explanations and as a ra
 
 `CandidateGenerator` asks the sources in order, each for its quota; an item goes to the first
 source that finds it, seen items are excluded, and quota a source cannot fill (a cold user has no
-embedding and follows nobody) passes to the last source, so every user gets a full list.
+embedding and follows nobody) passes to the last source, so every user gets a full list. Each
+candidate carries its content type from where its source found it (an index shard, an event), so
+the blender never looks it up in a catalogue-sized map on the request path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -54,17 +56,27 @@ class UserState:
     embedding: np.ndarray | None = None
 
 
-class Candidate(NamedTuple):  # a tuple: a request makes hundreds of them
-    item_id: str
-    source: str
-    score: float
+Found = tuple[str, float, str]  # (item id, score, content type): plain tuples, a request makes hundreds
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """A request's candidates as columns, one row per item, in the order the sources found them."""
+
+    item_ids: list[str]
+    sources: list[str]
+    scores: list[float]
+    content_types: list[str]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
 
 
 class CandidateSource(Protocol):
     name: str
 
-    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """Up to `k` (item id, score) pairs, best first, none of them in `exclude`."""
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
+        """Up to `k` (item id, score, content type) triples, best first, none of them in `exclude`."""
 
 
 class AnnSource:
@@ -84,7 +96,7 @@ class AnnSource:
                              f"(it holds {index.content_types})")
         self.type_shares = type_shares or {}
 
-    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         if not len(user.history):
             return []  # no history: no embedding worth searching with
         query = (user.embedding[None] if user.embedding is not None else
@@ -100,10 +112,10 @@ class AnnSource:
 
 
 def _search(index: ItemIndex, query: np.ndarray, k: int, content_type: str | None,
-            exclude: set[str]) -> list[tuple[str, float]]:
+            exclude: set[str]) -> list[Found]:
     # Ask for enough to survive the exclusion of seen items.
-    scores, ids = index.search(query, k + len(exclude), content_type)
-    return [(i, s) for i, s in zip(ids[0], scores[0], strict=True) if i not in exclude][:k]
+    scores, ids, types = index.search_with_types(query, k + len(exclude), content_type)
+    return [found for found in zip(ids[0], scores[0], types[0], strict=True) if found[0] not in exclude][:k]
 
 
 class SocialGraph:
@@ -121,6 +133,7 @@ class SocialGraph:
         engaged = events.filter(pl.col("content_type") != ACCOUNT).unique(["user_id", "item_id"], maintain_order=True)
         self.engaged: dict[str, list[str]] = dict(engaged.group_by("user_id", maintain_order=True)
                                                   .agg("item_id").iter_rows())
+        self.content_types: dict[str, str] = dict(engaged.select("item_id", "content_type").iter_rows())
 
     def __bool__(self) -> bool:
         return bool(self.followees)
@@ -134,9 +147,9 @@ class SocialSource:
     def __init__(self, graph: SocialGraph) -> None:
         self.graph = graph
 
-    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         counts = Counter(i for f in self.graph.followees.get(user.user_id, ()) for i in self.graph.engaged.get(f, ()))
-        return _top(counts, k, exclude)
+        return [(i, c, self.graph.content_types[i]) for i, c in _top(counts, k, exclude)]
 
 
 class FollowSource:
@@ -149,12 +162,13 @@ class FollowSource:
         self.graph = graph
         self.accounts = accounts
 
-    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         followees = self.graph.followees.get(user.user_id, ())
         already = {user.user_id, *followees}  # whether or not follows are in the user's history
         counts = Counter(account_item_id(a) for f in followees for a in self.graph.followees.get(f, ())
                          if a not in already)
-        return _top(Counter({a: c for a, c in counts.items() if a in self.accounts}), k, exclude)
+        top = _top(Counter({a: c for a, c in counts.items() if a in self.accounts}), k, exclude)
+        return [(a, c, ACCOUNT) for a, c in top]
 
 
 def _top(counts: Counter, k: int, exclude: set[str]) -> list[tuple[str, float]]:
@@ -185,15 +199,15 @@ class PopularSource:
         by_type = {t: list(g.select("item_id", "score").iter_rows())
                    for (t,), g in counts.group_by("content_type", maintain_order=True)}
         # Round robin across types: the i-th best of each type before the (i+1)-th of any.
-        ranked = [(item, score, rank) for rows in by_type.values() for rank, (item, score) in enumerate(rows)]
+        ranked = [(item, score, rank, t) for t, rows in by_type.items() for rank, (item, score) in enumerate(rows)]
         ranked.sort(key=lambda x: (x[2], -x[1]))
-        self.items = [(item, float(score)) for item, score, _ in ranked]
+        self.items = [(item, float(score), t) for item, score, _, t in ranked]
 
-    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[tuple[str, float]]:
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         out = []
-        for item, score in self.items:
-            if item not in exclude:
-                out.append((item, score))
+        for found in self.items:
+            if found[0] not in exclude:
+                out.append(found)
                 if len(out) == k:
                     break
         return out
@@ -207,8 +221,9 @@ class CandidateGenerator:
         >>> events = pl.DataFrame({"user_id": ["u", "v"], "item_id": ["a", "b"], "content_type": ["x", "y"],
         ...                        "ts": [None, None]}, schema_overrides={"ts": pl.Int64})
         >>> gen = CandidateGenerator([(PopularSource(events), 5)])
-        >>> [(c.item_id, c.source) for c in gen.generate(UserState("new", np.zeros(0, np.int64), frozenset()))]
-        [('a', 'popular'), ('b', 'popular')]
+        >>> found = gen.generate(UserState("new", np.zeros(0, np.int64), frozenset()))
+        >>> list(zip(found.item_ids, found.sources, found.content_types))
+        [('a', 'popular', 'x'), ('b', 'popular', 'y')]
     """
 
     def __init__(self, sources: Sequence[tuple[CandidateSource, int]]) -> None:
@@ -216,18 +231,22 @@ class CandidateGenerator:
             raise ValueError("a candidate generator needs at least one source")
         self.sources = list(sources)
 
-    def generate(self, user: UserState) -> list[Candidate]:
-        taken: dict[str, Candidate] = {}
+    def generate(self, user: UserState) -> Candidates:
+        out = Candidates([], [], [], [])
         exclude = set(user.seen)
         unfilled = 0
         for i, (source, quota) in enumerate(self.sources):
             k = quota + (unfilled if i == len(self.sources) - 1 else 0)
             found = source.candidates(user, k, exclude) if k > 0 else []
-            for item_id, score in found:
-                taken[item_id] = Candidate(item_id, source.name, score)
-                exclude.add(item_id)
+            for item_id, score, content_type in found:
+                if item_id not in exclude:  # a source listing an item twice keeps its first
+                    out.item_ids.append(item_id)
+                    out.sources.append(source.name)
+                    out.scores.append(score)
+                    out.content_types.append(content_type)
+                    exclude.add(item_id)
             unfilled += quota - len(found)
-        return list(taken.values())
+        return out
 
 
 def make_candidate_generator(

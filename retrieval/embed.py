@@ -11,7 +11,8 @@ from retrieval.model import TwoTower
 @torch.no_grad()
 def embed_items(model: TwoTower, item: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """(N, D) float32 embeddings of item indices `item`."""
-    model.eval()
+    if model.training:  # eval() walks every module: a per-request cost when serving
+        model.eval()
     device = next(model.parameters()).device
     out = [model.item_embeddings(torch.from_numpy(item[i : i + batch_size]).to(device)).cpu()
            for i in range(0, len(item), batch_size)]
@@ -21,7 +22,8 @@ def embed_items(model: TwoTower, item: np.ndarray, batch_size: int = 8192) -> np
 @torch.no_grad()
 def embed_users(model: TwoTower, user: np.ndarray, history: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """(B, D) float32 embeddings of users `user` (B,) with right-aligned padded histories (B, L)."""
-    model.eval()
+    if model.training:  # eval() walks every module: a per-request cost when serving
+        model.eval()
     device = next(model.parameters()).device
     out = [
         model.user_embeddings(torch.from_numpy(user[i : i + batch_size]).to(device),

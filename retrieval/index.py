@@ -134,26 +134,35 @@ class ItemIndex:
     ) -> tuple[list[list[float]], list[list[str]]]:
         """Top-k (scores, item ids) per query, best first, over one content type's shard or (None)
         all of them; padding (-1) is dropped, an unknown content type finds nothing."""
+        scores, ids, _ = self.search_with_types(queries, k, content_type)
+        return scores, ids
+
+    def search_with_types(
+        self, queries: np.ndarray, k: int, content_type: str | None = None
+    ) -> tuple[list[list[float]], list[list[str]], list[list[str]]]:
+        """`search`, with each result's content type (its shard's) as a third list."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        shards = [s for t, s in self.shards.items() if content_type in (None, t) and s.index.ntotal]
+        shards = [(t, s) for t, s in self.shards.items() if content_type in (None, t) and s.index.ntotal]
         if not shards:
-            return [[] for _ in queries], [[] for _ in queries]
-        results = [shard.index.search(queries, k) for shard in shards]
+            return [[] for _ in queries], [[] for _ in queries], [[] for _ in queries]
+        results = [shard.index.search(queries, k) for _, shard in shards]
         scores = np.concatenate([r[0] for r in results], axis=1)  # (Q, k * shards)
         local = np.concatenate([r[1] for r in results], axis=1)  # (Q, k * shards), -1: padding
         owner = np.repeat(np.arange(len(shards)), k)  # (k * shards,)
+        names = np.array([t for t, _ in shards], dtype=object)
         scores = np.where(local >= 0, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k)
-        out_scores, out_ids = [], []
+        out_scores, out_ids, out_types = [], [], []
         for q, row in enumerate(order):
             row = row[local[q, row] >= 0]
             out_scores.append(scores[q, row].tolist())
             ids = np.empty(len(row), dtype=object)
-            for s, shard in enumerate(shards):
+            for s, (_, shard) in enumerate(shards):
                 mine = owner[row] == s
                 ids[mine] = shard.ids_at(local[q, row[mine]])
             out_ids.append(ids.tolist())
-        return out_scores, out_ids
+            out_types.append(names[owner[row]].tolist())
+        return out_scores, out_ids, out_types
 
     def to_gpus(self) -> bool:
         """Move every shard onto all GPUs when faiss-gpu and a GPU are present; return whether it moved."""

@@ -260,26 +260,25 @@ class FeedPipeline:
         # tower runs once: its embedding is the ANN query and the ranker's retrieval-score feature.
         embedding = self.user_embedding(request.user_id, history)
         found = self.candidates.generate(UserState(request.user_id, history, seen, embedding))
-        candidates = {c.item_id: c.source for c in found}
-        item_ids = list(candidates)
         posts = {p.post.post_id: p for p in request.posts
                  if p.post.post_id not in seen and p.post.created_ms <= started_ms}
-        for post_id in posts:  # generated posts are candidates of their own source
-            candidates[post_id] = POST_SOURCE
-            item_ids.append(post_id)
+        # generated posts are candidates of their own source and content type
+        item_ids = found.item_ids + list(posts)
+        sources = found.sources + [POST_SOURCE] * len(posts)
+        content_types = found.content_types + [POST_CONTENT_TYPE] * len(posts)
         timings["candidates"] = _lap(t0)
 
         # 2. feature hydration (the same transforms as training), 3. ranker, 4. value model and blend.
         # A failure here degrades to the candidate sources' own order rather than failing the request.
-        item = self.spec.items.encode(pl.Series(item_ids, dtype=pl.String))
+        item = self.spec.items.encode(item_ids)
         degraded: tuple[str, ...] = ()
         try:
             ready = list(posts.values())
             new_items = None if not ready else self._post_features(
                 [p.post.source_item_ids for p in ready], np.stack([p.text_embedding for p in ready]),
                 np.array([p.post.created_ms / 1000.0 for p in ready]), len(item_ids) - len(ready))
-            preds, values, order = self._rank(request, item_ids, item, history, candidates, seen, timings,
-                                              new_items, request_ms=started_ms, user_embedding=embedding)
+            preds, values, order = self._rank(request, item_ids, item, history, sources, content_types, seen,
+                                              timings, new_items, request_ms=started_ms, user_embedding=embedding)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
@@ -297,10 +296,10 @@ class FeedPipeline:
         items = []
         for position, c in enumerate(page, start=offset):
             post = posts[item_ids[c]].post if item_ids[c] in posts else None
-            content_type, title = self.catalog[item_ids[c]] if post is None else (POST_CONTENT_TYPE, "")
+            title = self.catalog[item_ids[c]][1] if post is None else ""
             items.append(RankedItem(
-                item_id=item_ids[c], content_type=content_type, title=title, score=float(values[c]),
-                task_scores={t: float(p[c]) for t, p in preds.items()}, source=candidates[item_ids[c]],
+                item_id=item_ids[c], content_type=content_types[c], title=title, score=float(values[c]),
+                task_scores={t: float(p[c]) for t, p in preds.items()}, source=sources[c],
                 position=position, post=post, propensity=float(propensity[position]),
             ))
         end = offset + len(page)
@@ -309,20 +308,20 @@ class FeedPipeline:
         return FeedPage(items, next_cursor, self.model_version, timings, degraded)
 
     def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
-              candidates: dict[str, str], seen: frozenset[str], timings: dict[str, float],
+              sources: list[str], content_types: list[str], seen: frozenset[str], timings: dict[str, float],
               new_items: NewItems | None = None, request_ms: int = 0, user_embedding: np.ndarray | None = None):
-        """Task predictions, values and the blended order of the candidates; `new_items` carries
-        the content of candidates outside the vocabulary (generated posts, item index 0).
-        `request_ms` is the time features read (the session's first page's, so pages never shift)."""
-        preds = self._predict(request.user_id, item, history, [candidates[i] for i in item_ids], new_items,
-                              request_ms, user_embedding, timings)
+        """Task predictions, values and the blended order of the candidates (found by `sources`, of
+        `content_types`); `new_items` carries the content of candidates outside the vocabulary
+        (generated posts, item index 0). `request_ms` is the time features read (the session's
+        first page's, so pages never shift)."""
+        preds = self._predict(request.user_id, item, history, sources, new_items, request_ms, user_embedding, timings)
         t3 = time.perf_counter()
         values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
         embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
         if embeddings is not None and new_items is not None and new_items.embedding is not None:
             embeddings[new_items.rows] = new_items.embedding  # posts: their content embedding, not row 0
         order = blend(
-            values, [self.catalog.get(i, (POST_CONTENT_TYPE,))[0] for i in item_ids], request.blend or self.serving.blend,
+            values, content_types, request.blend or self.serving.blend,
             item_ids=item_ids, exclude=seen, creators=[self.creators.get(i) for i in item_ids],
             embeddings=embeddings,
         )

@@ -43,10 +43,12 @@ def test_social_source_counts_followees_who_engaged_on_real_graph(lastfm):
     want = Counter(plays.filter(pl.col("user_id").is_in(list(followees))).unique(["user_id", "item_id"])["item_id"])
     seen = {plays.filter(pl.col("user_id") == user)["item_id"][0]}
     got = SocialSource(graph).candidates(_user(user, seen), 30, set(seen))
-    assert len(got) == 30 and not seen & {i for i, _ in got}
-    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
-    assert all(want[i] == s for i, s in got)
+    assert len(got) == 30 and not seen & {i for i, _, _ in got}
+    assert [s for _, s, _ in got] == sorted((s for _, s, _ in got), reverse=True)
+    assert all(want[i] == s for i, s, _ in got)
     assert got[0][1] == max(c for i, c in want.items() if i not in seen)
+    types = dict(lastfm.events.select("item_id", "content_type").iter_rows())
+    assert all(t == types[i] for i, _, t in got)
 
 
 def test_follow_source_suggests_friends_of_friends_not_self_nor_followed(lastfm):
@@ -61,8 +63,8 @@ def test_follow_source_suggests_friends_of_friends_not_self_nor_followed(lastfm)
     want = {account_item_id(d): n for d, n in fof.iter_rows()}
     got = FollowSource(graph, accounts).candidates(_user(user), 20, set())
     assert len(got) == min(20, len(want)) and got[0][1] == max(want.values())
-    assert all(item in accounts and want[item] == score for item, score in got)
-    assert not {account_item_id(u) for u in [*mine, user]} & {i for i, _ in got}
+    assert all(item in accounts and want[item] == score and t == "account" for item, score, t in got)
+    assert not {account_item_id(u) for u in [*mine, user]} & {i for i, _, _ in got}
     # A user who follows nobody gets nothing from either social source.
     assert FollowSource(graph, accounts).candidates(NOBODY, 20, set()) == []
     assert SocialSource(graph).candidates(NOBODY, 20, set()) == []
@@ -77,11 +79,12 @@ def test_popular_interleaves_content_types_and_decays_old_events():
         "ts": [0, 0, 0, 100 * day, 100 * day, 100 * day, 50 * day],
     })
     all_time = PopularSource(events)
-    assert [i for i, _ in all_time.candidates(NOBODY, 10, set())] == ["old", "p1", "new", "p2"]
+    assert [(i, t) for i, _, t in all_time.candidates(NOBODY, 10, set())] == [
+        ("old", "movie"), ("p1", "post"), ("new", "movie"), ("p2", "post")]
     trending = PopularSource(events, half_life_days=10)
     # Round by round (each type's best, then second best), higher score first within a round.
-    assert [i for i, _ in trending.candidates(NOBODY, 10, set())] == ["new", "p1", "p2", "old"]
-    assert [i for i, _ in trending.candidates(NOBODY, 2, {"new"})] == ["p1", "p2"]
+    assert [i for i, _, _ in trending.candidates(NOBODY, 10, set())] == ["new", "p1", "p2", "old"]
+    assert [i for i, _, _ in trending.candidates(NOBODY, 2, {"new"})] == ["p1", "p2"]
 
 
 def test_ann_type_shares_search_each_content_type_shard():
@@ -95,12 +98,16 @@ def test_ann_type_shares_search_each_content_type_shard():
     spec = FeatureSpec(Vocabulary(("u",)), Vocabulary(tuple(ids)), Vocabulary(("a", "b", "c")), Vocabulary(()), 6)
     source = AnnSource(model, index, spec, {"a": 1.0, "b": 3.0})
     got = source.candidates(_user("u", {"i3"}), 8, {"i3"})
-    kinds = Counter(types[ids.index(i)] for i, _ in got)
-    assert kinds == {"a": 2, "b": 6} and "i3" not in {i for i, _ in got}
+    kinds = Counter(types[ids.index(i)] for i, _, _ in got)
+    assert kinds == {"a": 2, "b": 6} and "i3" not in {i for i, _, _ in got}
+    assert all(t == types[ids.index(i)] for i, _, t in got)  # each carries its shard's type
     # Each type's share is that type's exact top k.
     query = source.candidates(_user("u"), 100, set())
-    top_b = [i for i, _ in query if types[ids.index(i)] == "b"][:6]
-    assert [i for i, _ in got if types[ids.index(i)] == "b"] == [i for i in top_b if i != "i3"][:6]
+    top_b = [i for i, _, _ in query if types[ids.index(i)] == "b"][:6]
+    assert [i for i, _, _ in got if types[ids.index(i)] == "b"] == [i for i in top_b if i != "i3"][:6]
+    # Without shares, one search over every shard: each result still carries its own shard's type.
+    merged = AnnSource(model, index, spec).candidates(_user("u"), 20, set())
+    assert len(merged) == 20 and all(t == types[ids.index(i)] for i, _, t in merged)
     assert source.candidates(NOBODY, 8, set()) == []  # no history: nothing to search with
     with pytest.raises(ValueError, match=r"ann_type_shares name content type\(s\) \['z'\]"):
         AnnSource(model, index, spec, {"z": 1.0})
@@ -111,7 +118,7 @@ class _Fixed:
         self.name, self.items = name, items
 
     def candidates(self, user, k, exclude):
-        return [(i, 1.0) for i in self.items if i not in exclude][:k]
+        return [(i, 1.0, "x") for i in self.items if i not in exclude][:k]
 
 
 def test_generator_quotas_first_source_wins_seen_excluded_and_fallback_fills():
@@ -120,9 +127,9 @@ def test_generator_quotas_first_source_wins_seen_excluded_and_fallback_fills():
     fallback = _Fixed("popular", ["a", "f", "g", "h", "i", "j", "k"])
     gen = CandidateGenerator([(first, 2), (second, 3), (fallback, 2)])
     got = gen.generate(UserState("u", np.array([1]), frozenset({"a"})))
-    assert [(c.item_id, c.source) for c in got] == [
+    assert list(zip(got.item_ids, got.sources, strict=True)) == [
         ("b", "first"), ("c", "first"), ("e", "second"), ("f", "popular"), ("g", "popular"), ("h", "popular"),
         ("i", "popular")]
     # A cold user: sources that find nothing hand their quota to the fallback.
     cold = CandidateGenerator([(_Fixed("first", []), 3), (fallback, 2)]).generate(NOBODY)
-    assert [c.item_id for c in cold] == ["a", "f", "g", "h", "i"]
+    assert cold.item_ids == ["a", "f", "g", "h", "i"]
