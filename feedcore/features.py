@@ -113,7 +113,8 @@ class ItemContent:
     """What a model reads about B items besides their ids, one row per item.
 
     content_type: (B,) int64.  category_lengths: (B,) and category_values: (sum of lengths,) int64,
-    row by row.  popularity: (B,) float32 log1p training event count.  created_at: (B,) float64
+    row by row.  popularity: (B,) float32 log1p count of the item's training events before the
+    row's time (`ItemFeatures.popularity_at`).  created_at: (B,) float64
     unix seconds, NaN = unknown.  text: (B, X) float32 title embeddings (zeros = no text), or None
     when the features carry no text.
     """
@@ -213,7 +214,11 @@ class ItemFeatures:
     count of training events.  created_at: optional (N,) float64 unix seconds (the catalogue's
     ``created_at``, else the item's first training event; NaN = unknown).  text: optional (N, X)
     float16 title embeddings (zeros for items without a title), float16 so the copy saved with a
-    checkpoint is half the size and training reads exactly what serving reads.
+    checkpoint is half the size and training reads exactly what serving reads.  event_offsets
+    (N + 1,) and event_times: optional CSR of the times (unix seconds, ascending per item) of the
+    events `popularity` counts, so a training row reads the popularity as of its own time
+    (`popularity_at`); not saved with a checkpoint: a served model is asked after every training
+    event, when the count is the total.
     """
 
     content_type: np.ndarray
@@ -222,6 +227,48 @@ class ItemFeatures:
     popularity: np.ndarray
     created_at: np.ndarray | None = None
     text: np.ndarray | None = None
+    event_offsets: np.ndarray | None = None
+    event_times: np.ndarray | None = None
+
+    def popularity_at(self, item_index: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        """(B,) float32 log1p count of each item's training events strictly before its row's time
+        (unix seconds): a row never counts its own event, nor any later one, so an item first
+        engaged in a row reads 0 there, as a new item does when served. A NaN time, or features
+        without event times, read the total count.
+
+        Example:
+            >>> f = ItemFeatures(np.zeros(3, np.int64), np.zeros(4, np.int64), np.zeros(0, np.int64),
+            ...                  np.log1p(np.array([0, 3, 1], "float32")), event_offsets=np.array([0, 0, 3, 4]),
+            ...                  event_times=np.array([10.0, 20.0, 20.0, 5.0]))
+            >>> np.expm1(f.popularity_at(np.array([1, 1, 1, 1, 2, 2]), np.array([10, 11, 21, np.nan, 5, 6]))).round().tolist()
+            [0.0, 1.0, 3.0, 3.0, 0.0, 1.0]
+        """
+        item_index = np.asarray(item_index, np.int64)
+        total = self.popularity[item_index].astype(np.float32)
+        if times is None or self.event_times is None or not len(self.event_times):
+            return total
+        times = np.asarray(times, np.float64)
+        known = ~np.isnan(times)
+        keys, first, span = self._event_keys
+        i = item_index[known]
+        # Each item's times live in their own band of one ascending array: item * (span + 1) + t.
+        query = i * (span + 1.0) + np.clip(times[known] - first, -0.5, span + 0.5)
+        counts = np.searchsorted(keys, query, side="left") - self.event_offsets[i]
+        total[known] = np.log1p(counts).astype(np.float32)
+        return total
+
+    @property
+    def _event_keys(self) -> tuple[np.ndarray, float, float]:
+        # Cached on first use (the frozen dataclass allows it through object.__setattr__).
+        try:
+            return self.__dict__["_cached_event_keys"]
+        except KeyError:
+            first = float(self.event_times.min())
+            span = float(self.event_times.max()) - first
+            owner = np.repeat(np.arange(len(self.event_offsets) - 1), np.diff(self.event_offsets))
+            cached = (owner * (span + 1.0) + (self.event_times - first), first, span)
+            object.__setattr__(self, "_cached_event_keys", cached)
+            return cached
 
     def categories_of(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (B,) and concatenated values of the categories of `item_index` (B,)."""
@@ -231,14 +278,16 @@ class ItemFeatures:
         index = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
         return lengths.astype(np.int64), self.category_values[index].astype(np.int64)
 
-    def content(self, item_index: np.ndarray, new_items: NewItems | None = None) -> ItemContent:
-        """The content of B rows: looked up for items of the vocabulary, taken from `new_items`
-        for the rows it names (whose item index must be 0, unknown)."""
+    def content(self, item_index: np.ndarray, new_items: NewItems | None = None,
+                times: np.ndarray | None = None) -> ItemContent:
+        """The content of B rows at their `times` (unix seconds; None or NaN: after every training
+        event): looked up for items of the vocabulary, taken from `new_items` for the rows it
+        names (whose item index must be 0, unknown)."""
         item_index = np.asarray(item_index, np.int64)
         b = len(item_index)
         content_type = self.content_type[item_index].astype(np.int64)
         lengths, values = self.categories_of(item_index)
-        popularity = self.popularity[item_index].astype(np.float32)
+        popularity = self.popularity_at(item_index, times)
         created_at = (np.full(b, np.nan) if self.created_at is None else self.created_at[item_index].astype(np.float64))
         text = None if self.text is None else self.text[item_index].astype(np.float32)
         if new_items is None or len(new_items.rows) == 0:
@@ -284,9 +333,15 @@ def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: Feature
     values = np.array([c for cats in cat_lists for c in cats], np.int64)
     train_index = spec.items.encode(train_events["item_id"])
     counts = np.bincount(train_index, minlength=n).astype(np.float32)
+    by_item_offsets = by_item_times = None
+    times = event_times(train_events)
+    if not np.isnan(times).any():  # every event has a time: popularity as of each row's time
+        by_item_times = times[np.lexsort((times, train_index))]
+        by_item_offsets = np.concatenate([[0], np.cumsum(np.bincount(train_index, minlength=n))]).astype(np.int64)
     return ItemFeatures(content_type, offsets, values, np.log1p(counts),
                         created_at=item_created_at(items, train_events, spec, order, train_index),
-                        text=None if text is None else np.asarray(text, np.float16))
+                        text=None if text is None else np.asarray(text, np.float16),
+                        event_offsets=by_item_offsets, event_times=by_item_times)
 
 
 def item_created_at(items: pl.DataFrame, train_events: pl.DataFrame, spec: FeatureSpec, order: np.ndarray,
@@ -383,11 +438,14 @@ def pad_histories(histories: pl.Series | list[np.ndarray], max_len: int) -> np.n
 
 
 def item_features_to_dict(features: ItemFeatures) -> dict[str, Any]:
-    """Plain tensors, for saving inside a checkpoint (so serving uses training's exact features)."""
+    """Plain tensors, for saving inside a checkpoint (so serving uses training's exact features);
+    the event times stay out (`ItemFeatures`: served after every training event, popularity is
+    the saved total)."""
     import torch
 
     return {f.name: torch.from_numpy(np.ascontiguousarray(getattr(features, f.name)))
-            for f in dataclasses.fields(features) if getattr(features, f.name) is not None}
+            for f in dataclasses.fields(features)
+            if getattr(features, f.name) is not None and f.name not in ("event_offsets", "event_times")}
 
 
 def item_features_from_dict(d: dict[str, Any]) -> ItemFeatures:

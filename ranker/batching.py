@@ -118,7 +118,7 @@ def ranker_inputs(
             when the caller computed it already; otherwise the scorer embeds the rows' users.
 
     Returns:
-        A `RankerBatch`: dense (B, Dd) = [popularity, log1p history length, extra_dense, log1p age
+        A `RankerBatch`: dense (B, Dd) = [popularity as of `event_time`, log1p history length, extra_dense, log1p age
         and age-unknown (recency), retrieval score, text (X)], each optional part only when on;
         sparse keyed by `features.kjt_keys`.
     """
@@ -126,8 +126,8 @@ def ranker_inputs(
     b = len(item)
     hist_mask = history > 0
     hist_lengths = hist_mask.sum(1)
-    content = item_features.content(item, new_items)
     times = np.full(b, np.nan) if event_time is None else np.asarray(event_time, np.float64)
+    content = item_features.content(item, new_items, times)
     ones = np.ones(b, np.int64)
     if source is None:
         source = np.zeros(b, np.int64)
