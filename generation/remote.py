@@ -10,7 +10,10 @@ child serves each one in a thread of its own (a StreamPost does not wait for the
 batch), and a stream the reader abandons is cancelled in the child at the next token.
 
 `[generation] isolation = "process"` (the default) uses it; ``"thread"`` runs the model in the
-serving process itself (tests and notebooks that want one process).
+serving process itself (tests and notebooks that want one process). Under `feed serve --processes
+N` the launcher runs one model for all N processes (`serve_shared`, on a Unix socket with a key
+of its own), and each process connects to it (`ProcessLanguageModel.connect`) instead of
+starting one: one copy of the weights, and one decoder competing with the feed for the cores.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,25 +33,39 @@ from feedcore.config import GenerationConfig
 from generation.interface import Prompt
 
 logger = logging.getLogger(__name__)
+# A server process of `feed serve --processes N` finds the launcher's shared model here.
+SHARED_ADDRESS_ENV, SHARED_AUTHKEY_ENV = "FEED_LLM_ADDRESS", "FEED_LLM_AUTHKEY"
 START_TIMEOUT_S = 600.0  # the first start converts the GGUF (~20 s on 2 cores; more on a busy machine)
 
 
 def _child(conn, config: GenerationConfig, cache_dir: str) -> None:
     """The child's loop: load the model, then serve each request in its own thread."""
+    try:
+        lm = _load(config, cache_dir)
+    except BaseException as e:  # reported to the parent, which raises it
+        conn.send(("error", -1, f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", -1, lm.model_version))
+    _serve(conn, lm)
+
+
+def _load(config: GenerationConfig, cache_dir: str):
     from generation.llm import BACKENDS
 
+    return BACKENDS[config.backend](config, Path(cache_dir))
+
+
+def _serve(conn, lm) -> None:
+    """One connection's requests, each in a thread of its own, until it closes."""
     send_lock = threading.Lock()
 
     def send(message: tuple) -> None:
         with send_lock:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except OSError:  # the client went away; its reader fails what it still waits for
+                pass
 
-    try:
-        lm = BACKENDS[config.backend](config, Path(cache_dir))
-    except BaseException as e:  # reported to the parent, which raises it
-        send(("error", -1, f"{type(e).__name__}: {e}"))
-        return
-    send(("ready", -1, lm.model_version))
     cancelled: dict[int, threading.Event] = {}
 
     def run(request_id: int, method: str, args: tuple, kwargs: dict) -> None:
@@ -84,6 +102,34 @@ def _child(conn, config: GenerationConfig, cache_dir: str) -> None:
         cancelled[request_id] = threading.Event()
         threading.Thread(target=run, args=(request_id, method, args, kwargs), name=f"llm-{method}",
                          daemon=True).start()
+    conn.close()
+
+
+def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes, ready) -> None:
+    """A language model for several server processes (`feed serve --processes N`): load it once,
+    then serve every process that connects to the Unix socket `address` (with `authkey`) as
+    `_child` serves its one parent, each connection in a thread of its own. Sends ("ready",
+    version) or ("error", message) on the pipe end `ready` once loaded; runs until killed (by
+    its launcher, `serving.process`)."""
+    from multiprocessing.connection import Listener
+
+    try:
+        lm = _load(config, cache_dir)
+        Path(address).unlink(missing_ok=True)  # a socket left by a predecessor that died
+        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+    except BaseException as e:  # reported to the launcher, which stops the launch
+        ready.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    ready.send(("ready", lm.model_version))
+    ready.close()
+    while True:
+        try:
+            conn = listener.accept()
+        except (OSError, EOFError, mp.AuthenticationError) as e:  # a bad client: refuse it, serve on
+            logger.warning("language model server: refused a connection (%s)", e)
+            continue
+        conn.send(("ready", -1, lm.model_version))
+        threading.Thread(target=_serve, args=(conn, lm), name="llm-connection", daemon=True).start()
 
 
 class ProcessLanguageModel:
@@ -98,19 +144,35 @@ class ProcessLanguageModel:
 
     def __init__(self, config: GenerationConfig, cache_dir: Path, start_timeout_s: float = START_TIMEOUT_S) -> None:
         context = mp.get_context("spawn")  # a fresh interpreter: no copied locks or threads
-        self._conn, child_conn = context.Pipe()
+        conn, child_conn = context.Pipe()
         self._process = context.Process(target=_child, args=(child_conn, config, str(cache_dir)), name="llm",
                                         daemon=True)
         self._process.start()
         child_conn.close()
-        if not self._conn.poll(start_timeout_s):
+        if not conn.poll(start_timeout_s):
             self._process.kill()
             raise RuntimeError(f"the language model process did not start within {start_timeout_s:.0f} s")
-        kind, _, value = self._conn.recv()
+        kind, _, value = conn.recv()
         if kind != "ready":
             self._process.join(10)
             raise RuntimeError(f"the language model process failed to load the model: {value}")
-        self.model_version: str = value
+        self._address: tuple[str, bytes] | None = None
+        self._attach(conn, value)
+
+    @classmethod
+    def connect(cls, address: str, authkey: bytes) -> ProcessLanguageModel:
+        """The model of a `serve_shared` server at the Unix socket `address`: the same calls, over
+        a connection of this process's own; `close()` closes the connection, not the server. A
+        call after the server went away reconnects (the launcher restarts it) or fails."""
+        lm = cls.__new__(cls)
+        lm._process = None
+        lm._address = (address, authkey)
+        lm._attach(*_connect(address, authkey))
+        return lm
+
+    def _attach(self, conn, model_version: str) -> None:
+        self._conn = conn
+        self.model_version: str = model_version
         self._ids = itertools.count()
         self._send_lock = threading.Lock()
         self._pending: dict[int, queue.Queue] = {}
@@ -151,11 +213,15 @@ class ProcessLanguageModel:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the child: it exits after its loop ends; one still decoding after `timeout_s` is
-        killed. Calls still waiting get an error."""
+        killed. Calls still waiting get an error. A connected model closes its connection only."""
         try:
             self._send(None)
         except (OSError, BrokenPipeError):
             pass
+        if self._process is None:
+            self._address = None  # no reconnecting after close
+            self._conn.close()
+            return
         self._process.join(timeout_s)
         if self._process.is_alive():
             self._process.kill()
@@ -165,14 +231,32 @@ class ProcessLanguageModel:
 
     def _send(self, message: tuple | None) -> None:
         with self._send_lock:
+            if self._address is not None and not self._reader.is_alive() and message is not None:
+                self._reconnect()
             self._conn.send(message)
+
+    def _reconnect(self) -> None:
+        """A new connection to the shared server, which its launcher restarts when it dies."""
+        try:
+            conn, version = _connect(*self._address)
+        except (OSError, EOFError) as e:
+            raise RuntimeError(f"the shared language model at {self._address[0]} is not reachable: {e}") from e
+        logger.info("reconnected to the shared language model at %s", self._address[0])
+        self._conn, self.model_version = conn, version
+        self._reader = threading.Thread(target=self._read, name="llm-replies", daemon=True)
+        self._reader.start()
 
     def _call(self, method: str, *args) -> tuple[int, queue.Queue]:
         request_id = next(self._ids)
         replies: queue.Queue = queue.Queue()
         with self._pending_lock:
             self._pending[request_id] = replies
-        self._send((request_id, method, args, {}))
+        try:
+            self._send((request_id, method, args, {}))
+        except OSError as e:  # the process or server is gone
+            with self._pending_lock:
+                self._pending.pop(request_id, None)
+            raise RuntimeError(f"language model process: {e}") from e
         return request_id, replies
 
     def _result(self, method: str, *args):
@@ -195,9 +279,10 @@ class ProcessLanguageModel:
         threading.Thread(target=wait, daemon=True).start()
 
     def _read(self) -> None:
+        conn = self._conn
         while True:
             try:
-                kind, request_id, value = self._conn.recv()
+                kind, request_id, value = conn.recv()
             except (EOFError, OSError):
                 break
             with self._pending_lock:
@@ -208,3 +293,21 @@ class ProcessLanguageModel:
             waiting, self._pending = list(self._pending.values()), {}
         for replies in waiting:
             replies.put(("error", "the process exited"))
+
+
+def shared_language_model() -> ProcessLanguageModel | None:
+    """The launcher's shared model (`serving.process`) when this process was started with one
+    (its address and key in the environment), else None."""
+    address = os.environ.get(SHARED_ADDRESS_ENV)
+    if not address:
+        return None
+    return ProcessLanguageModel.connect(address, bytes.fromhex(os.environ[SHARED_AUTHKEY_ENV]))
+
+
+def _connect(address: str, authkey: bytes):
+    """A connection to a `serve_shared` server and the model version it greets with."""
+    from multiprocessing.connection import Client
+
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    _, _, version = conn.recv()
+    return conn, version

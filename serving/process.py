@@ -14,11 +14,20 @@ ready line once all serve, and on SIGTERM / SIGINT passes the signal on and wait
 drain. A process that fails to start stops the launch; one that dies while serving is restarted
 on its log (with a doubling delay when it keeps dying) while the others serve on. A process whose
 launcher dies (even by kill -9) gets SIGTERM from the kernel and drains too.
+
+With generation on (``[generation] isolation = "process"``), the launcher first starts one
+language model for all the processes (`SharedLanguageModel`: `generation.remote.serve_shared`
+on a Unix socket in its private scratch directory, with a random key passed to the processes
+in their environment), so N processes hold one copy of the weights and one decoder shares the
+cores with the feed, instead of N. It is restarted like a process when it dies; the processes
+reconnect at their next call. Each process still writes and caches the posts of the users it
+serves.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -52,6 +61,64 @@ def stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SharedLanguageModel:
+    """The launcher's one language model for its processes (`generation.remote.serve_shared`)."""
+
+    def __init__(self, config: EngineConfig, scratch: Path) -> None:
+        self.config, self.cache_dir = config.generation, str(config.llm_cache_dir)
+        self.address, self.authkey = str(scratch / "llm.sock"), os.urandom(32)
+        self.process: mp.process.BaseProcess | None = None
+
+    @property
+    def environ(self) -> dict[str, str]:
+        from generation.remote import SHARED_ADDRESS_ENV, SHARED_AUTHKEY_ENV
+
+        return {SHARED_ADDRESS_ENV: self.address, SHARED_AUTHKEY_ENV: self.authkey.hex()}
+
+    def start(self) -> None:
+        """Start it and wait until it serves; RuntimeError when it cannot load."""
+        from generation.remote import START_TIMEOUT_S
+
+        context = mp.get_context("spawn")
+        reader, writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=_language_model_server, name="llm-shared", daemon=True,
+                                       args=(self.config, self.cache_dir, self.address, self.authkey, writer))
+        self.process.start()
+        writer.close()
+        if not reader.poll(START_TIMEOUT_S):
+            self.process.kill()
+            raise RuntimeError(f"the shared language model did not start within {START_TIMEOUT_S:.0f} s")
+        try:
+            kind, value = reader.recv()
+        except EOFError:  # it died before a word
+            self.process.join(10)
+            kind, value = "error", f"it exited with code {self.process.exitcode}"
+        if kind != "ready":
+            self.process.join(10)
+            raise RuntimeError(f"the shared language model failed to load: {value}")
+        logger.info("shared language model %s (pid %d) on %s", value, self.process.pid, self.address)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+
+
+def _language_model_server(config, cache_dir: str, address: str, authkey: bytes, ready) -> None:
+    """The shared model's process: dies with its launcher; Ctrl-C is the launcher's to handle."""
+    from generation.remote import serve_shared
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_with_launcher()
+    serve_shared(config, cache_dir, address, authkey, ready)
+
+
 def process_command(config_path: str, port: int, index: int, verbose: bool = False) -> list[str]:
     """The command line of server process `index` (a `feed serve` of one process)."""
     return [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve", "--config", config_path,
@@ -79,11 +146,20 @@ def serve_processes(config: EngineConfig, config_path: str, processes: int, port
         def command(index: int, bind_port: int) -> list[str]:
             return process_command(str(snapshot), bind_port, index, verbose)
 
-        return _supervise(config, command, processes, port, ready_line)
+        shared = None
+        if config.generation.enabled and config.generation.isolation == "process":
+            shared = SharedLanguageModel(config, Path(scratch))
+        try:
+            return _supervise(config, command, processes, port, ready_line, shared)
+        finally:
+            if shared is not None:
+                shared.stop()
 
 
-def _supervise(config: EngineConfig, command, processes: int, port: int, ready_line: str) -> int:
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())}
+def _supervise(config: EngineConfig, command, processes: int, port: int, ready_line: str,
+               shared: SharedLanguageModel | None = None) -> int:
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid()),
+               **(shared.environ if shared is not None else {})}
     stopping = threading.Event()
     children: list[subprocess.Popen | None] = [None] * processes
 
@@ -117,6 +193,8 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        if shared is not None:
+            shared.start()  # before the processes, which connect to it as they load
         port = start(0, port)  # picks the port when it is 0; the others share it
         for index in range(1, processes):
             if stopping.is_set():
@@ -132,7 +210,19 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         print(f"{ready_line} {config.serving.host}:{port}", flush=True)
     started = [time.monotonic()] * processes
     delay = [RESTART_DELAY_S] * processes
+    shared_delay = RESTART_DELAY_S
     while not stopping.wait(0.5):
+        if shared is not None and not shared.alive() and not stopping.is_set():
+            logger.error("the shared language model (pid %d) exited with code %s: restarting it in %.0f s",
+                         shared.process.pid, shared.process.exitcode, shared_delay)
+            if stopping.wait(shared_delay):
+                break
+            try:
+                shared.start()
+                shared_delay = RESTART_DELAY_S
+            except RuntimeError as e:  # the processes serve on; their posts wait for it
+                logger.error("%s; trying again", e)
+                shared_delay = min(2 * shared_delay, MAX_RESTART_DELAY_S)
         for index, child in enumerate(children):
             if child.poll() is None or stopping.is_set():
                 continue

@@ -60,3 +60,31 @@ def test_a_model_that_cannot_load_is_reported(tmp_path):
     broken = dataclasses.replace(TEST_CONFIG, model_dir=str(tmp_path / "missing"))
     with pytest.raises(RuntimeError, match="failed to load"):
         ProcessLanguageModel(broken, tmp_path)
+
+
+def test_one_shared_model_serves_several_connections_and_refuses_a_wrong_key(llm_cache, lm, tmp_path):
+    import multiprocessing as mp
+    from multiprocessing.connection import Client
+
+    from generation.remote import serve_shared
+
+    context = mp.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    address, key = str(tmp_path / "llm.sock"), b"k" * 32
+    server = context.Process(target=serve_shared, args=(TEST_CONFIG, str(llm_cache[0]), address, key, writer),
+                             daemon=True)
+    server.start()
+    try:
+        assert reader.poll(300) and reader.recv()[0] == "ready"
+        first, second = ProcessLanguageModel.connect(address, key), ProcessLanguageModel.connect(address, key)
+        assert first.model_version == second.model_version == lm.model_version
+        assert first.generate(PROMPTS[:1], 8) == second.generate(PROMPTS[:1], 8) == lm.generate(PROMPTS[:1], 8)
+        first.close()  # one process's connection ends; the server serves the others on
+        assert "".join(second.stream(PROMPTS[1], 8)) == lm.generate(PROMPTS[1:], 8)[0]
+        with pytest.raises(mp.AuthenticationError):
+            Client(address, family="AF_UNIX", authkey=b"wrong" * 8)
+        assert second.generate(PROMPTS[:1], 4) == lm.generate(PROMPTS[:1], 4)  # still serving
+        second.close()
+    finally:
+        server.kill()
+        server.join()

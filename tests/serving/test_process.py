@@ -177,3 +177,63 @@ def test_a_restart_that_cannot_load_leaves_the_other_process_serving(trained_eng
         code = _stop(launcher, stderr, *pids.values())
     assert code != 0  # process 0 never came back
     assert "corrupt or unreadable ranker checkpoint" in stderr.read_text()
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing (spawn) children of `pid`: where a language model runs."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline and _running(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
+def _stream_post(address: str):
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        wait_ready(channel)
+        chunks = list(feed_pb2_grpc.FeedServiceStub(channel).StreamPost(
+            feed_pb2.StreamPostRequest(user_id="1", max_new_tokens=8), timeout=180))
+    return chunks[-1]
+
+
+def test_generation_runs_one_language_model_for_all_processes(trained_engine, llm_cache_dir, tmp_path):
+    """With generation on, the launcher runs one language model that both processes use (neither
+    starts its own); killed, it is restarted, and the processes write posts through it again."""
+    config, stderr = _config(tmp_path, trained_engine), tmp_path / "server.log"
+    config.write_text(config.read_text() + f"[generation]\nenabled = true\ncache_dir = '{llm_cache_dir}'\n"
+                      "max_new_tokens = 8\nnum_candidates = 1\nmax_tries = 0\nwarm_users = 0\n")
+    launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
+    pids, shared = {}, []
+    try:
+        line = launcher.stdout.readline()
+        assert line.startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
+        pids = _serving_pids(stderr)
+        shared = _spawned_children(launcher.pid)
+        assert len(shared) == 1, stderr.read_text()[-3000:]  # one model, the launcher's
+        assert all(_spawned_children(pid) == [] for pid in pids.values())  # none of the processes has its own
+        assert stderr.read_text().count("generation: smollm2") == 2  # both processes write posts with it
+        for _ in range(3):  # connections land on either process; each writes through the one model
+            final = _stream_post(line.split()[1])
+            assert final.done and final.post_text
+        os.kill(shared[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while len(_spawned_children(launcher.pid)) != 1 or _spawned_children(launcher.pid) == shared:
+            assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(0.5)
+        shared.extend(_spawned_children(launcher.pid))
+        assert "the shared language model" in stderr.read_text() and "restarting it" in stderr.read_text()
+        while "shared language model smollm2" not in stderr.read_text().rsplit("restarting it", 1)[1]:
+            assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(0.5)
+        for _ in range(3):  # each process reconnects at its next call
+            final = _stream_post(line.split()[1])
+            assert final.done and final.post_text
+    finally:
+        code = _stop(launcher, stderr, *pids.values(), *shared)
+    assert code == 0, stderr.read_text()[-3000:]
+    assert not any(_running(pid) for pid in shared)
