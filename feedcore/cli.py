@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
-    from serving.process import process_event_log, serve_processes, stop_with_launcher
+    from serving.process import SHARED_MODEL_ENV, process_event_log, serve_processes, stop_with_launcher
 
     serving = config.serving
     if args.port is not None:
@@ -98,15 +99,19 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
     from serving.server import serve
 
     event_log_dir = config.event_log_dir
+    shared_model = None
     if args.process_index is not None:  # one of `--processes N`: its own event log and metrics port
         stop_with_launcher()
         event_log_dir = str(process_event_log(event_log_dir, args.process_index))
         if serving.metrics_port > 0:
             serving = dataclasses.replace(serving, metrics_port=serving.metrics_port + args.process_index)
+        if SHARED_MODEL_ENV in os.environ:  # the launcher's language model: "<socket path> <key hex>"
+            address, key = os.environ[SHARED_MODEL_ENV].rsplit(" ", 1)
+            shared_model = (address, bytes.fromhex(key))
     pipeline = FeedPipeline.from_artifacts(config)
     event_log = EventLog(event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
     serve(dataclasses.replace(config, serving=serving), pipeline, event_log,
-          on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True))
+          on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True), shared_model=shared_model)
 
 
 def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:

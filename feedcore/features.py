@@ -215,10 +215,10 @@ class ItemFeatures:
     ``created_at``, else the item's first training event; NaN = unknown).  text: optional (N, X)
     float16 title embeddings (zeros for items without a title), float16 so the copy saved with a
     checkpoint is half the size and training reads exactly what serving reads.  event_offsets
-    (N + 1,) and event_times: optional CSR of the times (unix seconds, ascending per item) of the
-    events `popularity` counts, so a training row reads the popularity as of its own time
-    (`popularity_at`); not saved with a checkpoint: a served model is asked after every training
-    event, when the count is the total.
+    (N + 1,) and event_times: optional CSR of the times (unix seconds, ascending per item; -inf
+    for an event without one) of the events `popularity` counts, so a training row reads the
+    popularity as of its own time (`popularity_at`); not saved with a checkpoint: a served model
+    is asked after every training event, when the count is the total.
     """
 
     content_type: np.ndarray
@@ -249,24 +249,24 @@ class ItemFeatures:
             return total
         times = np.asarray(times, np.float64)
         known = ~np.isnan(times)
-        keys, first, span = self._event_keys
+        keys, distinct = self._event_keys
         i = item_index[known]
-        # Each item's times live in their own band of one ascending array: item * (span + 1) + t.
-        query = i * (span + 1.0) + np.clip(times[known] - first, -0.5, span + 0.5)
+        # Each item's events in a band of one ascending int64 array: item * (T + 1) + the rank of
+        # the event's time among the T distinct times (exact at any scale, unlike adding seconds).
+        query = i * (len(distinct) + 1) + np.searchsorted(distinct, times[known], side="left")
         counts = np.searchsorted(keys, query, side="left") - self.event_offsets[i]
         total[known] = np.log1p(counts).astype(np.float32)
         return total
 
     @property
-    def _event_keys(self) -> tuple[np.ndarray, float, float]:
+    def _event_keys(self) -> tuple[np.ndarray, np.ndarray]:
         # Cached on first use (the frozen dataclass allows it through object.__setattr__).
         try:
             return self.__dict__["_cached_event_keys"]
         except KeyError:
-            first = float(self.event_times.min())
-            span = float(self.event_times.max()) - first
-            owner = np.repeat(np.arange(len(self.event_offsets) - 1), np.diff(self.event_offsets))
-            cached = (owner * (span + 1.0) + (self.event_times - first), first, span)
+            distinct = np.unique(self.event_times)
+            owner = np.repeat(np.arange(len(self.event_offsets) - 1, dtype=np.int64), np.diff(self.event_offsets))
+            cached = (owner * (len(distinct) + 1) + np.searchsorted(distinct, self.event_times), distinct)
             object.__setattr__(self, "_cached_event_keys", cached)
             return cached
 
@@ -282,13 +282,17 @@ class ItemFeatures:
                 times: np.ndarray | None = None) -> ItemContent:
         """The content of B rows at their `times` (unix seconds; None or NaN: after every training
         event): looked up for items of the vocabulary, taken from `new_items` for the rows it
-        names (whose item index must be 0, unknown)."""
+        names (whose item index must be 0, unknown). As of its row's time, an item not created
+        yet, or (without a catalogue ``created_at``) not engaged before, has no known creation
+        time: an item's first engagement reads an unknown age, as a new item does when served."""
         item_index = np.asarray(item_index, np.int64)
         b = len(item_index)
         content_type = self.content_type[item_index].astype(np.int64)
         lengths, values = self.categories_of(item_index)
         popularity = self.popularity_at(item_index, times)
         created_at = (np.full(b, np.nan) if self.created_at is None else self.created_at[item_index].astype(np.float64))
+        if times is not None:
+            created_at[created_at >= np.asarray(times, np.float64)] = np.nan  # NaN times compare False
         text = None if self.text is None else self.text[item_index].astype(np.float32)
         if new_items is None or len(new_items.rows) == 0:
             return ItemContent(content_type, lengths, values, popularity, created_at, text)
@@ -335,7 +339,8 @@ def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: Feature
     counts = np.bincount(train_index, minlength=n).astype(np.float32)
     by_item_offsets = by_item_times = None
     times = event_times(train_events)
-    if not np.isnan(times).any():  # every event has a time: popularity as of each row's time
+    if not np.isnan(times).all():  # popularity as of each row's time; an event with no time counts as before all
+        times = np.where(np.isnan(times), -np.inf, times)
         by_item_times = times[np.lexsort((times, train_index))]
         by_item_offsets = np.concatenate([[0], np.cumsum(np.bincount(train_index, minlength=n))]).astype(np.int64)
     return ItemFeatures(content_type, offsets, values, np.log1p(counts),

@@ -21,20 +21,18 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
-import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from feedcore.config import GenerationConfig
-from generation.interface import Prompt
+from generation.interface import LanguageModel, Prompt
 
 logger = logging.getLogger(__name__)
-# A server process of `feed serve --processes N` finds the launcher's shared model here.
-SHARED_ADDRESS_ENV, SHARED_AUTHKEY_ENV = "FEED_LLM_ADDRESS", "FEED_LLM_AUTHKEY"
 START_TIMEOUT_S = 600.0  # the first start converts the GGUF (~20 s on 2 cores; more on a busy machine)
 
 
@@ -49,13 +47,13 @@ def _child(conn, config: GenerationConfig, cache_dir: str) -> None:
     _serve(conn, lm)
 
 
-def _load(config: GenerationConfig, cache_dir: str):
+def _load(config: GenerationConfig, cache_dir: str) -> LanguageModel:
     from generation.llm import BACKENDS
 
     return BACKENDS[config.backend](config, Path(cache_dir))
 
 
-def _serve(conn, lm) -> None:
+def _serve(conn: Connection, lm) -> None:
     """One connection's requests, each in a thread of its own, until it closes."""
     send_lock = threading.Lock()
 
@@ -102,10 +100,12 @@ def _serve(conn, lm) -> None:
         cancelled[request_id] = threading.Event()
         threading.Thread(target=run, args=(request_id, method, args, kwargs), name=f"llm-{method}",
                          daemon=True).start()
+    for event in list(cancelled.values()):  # nobody reads the streams any more: stop decoding them
+        event.set()
     conn.close()
 
 
-def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes, ready) -> None:
+def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes, ready: Connection) -> None:
     """A language model for several server processes (`feed serve --processes N`): load it once,
     then serve every process that connects to the Unix socket `address` (with `authkey`) as
     `_child` serves its one parent, each connection in a thread of its own. Sends ("ready",
@@ -116,20 +116,32 @@ def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey
     try:
         lm = _load(config, cache_dir)
         Path(address).unlink(missing_ok=True)  # a socket left by a predecessor that died
-        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        listener = Listener(address, family="AF_UNIX")  # the key is checked per connection, below
     except BaseException as e:  # reported to the launcher, which stops the launch
         ready.send(("error", f"{type(e).__name__}: {e}"))
         return
     ready.send(("ready", lm.model_version))
     ready.close()
     while True:
-        try:
-            conn = listener.accept()
-        except (OSError, EOFError, mp.AuthenticationError) as e:  # a bad client: refuse it, serve on
-            logger.warning("language model server: refused a connection (%s)", e)
-            continue
+        conn = listener.accept()
+        threading.Thread(target=_greet_and_serve, args=(conn, lm, authkey), name="llm-connection",
+                         daemon=True).start()
+
+
+def _greet_and_serve(conn: Connection, lm, authkey: bytes) -> None:
+    """Check a connection's key (what `Listener(authkey=...)` does in `accept`, here in the
+    connection's own thread, so a client that stalls holds up no other), then serve it."""
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+
+    try:
+        deliver_challenge(conn, authkey)
+        answer_challenge(conn, authkey)
         conn.send(("ready", -1, lm.model_version))
-        threading.Thread(target=_serve, args=(conn, lm), name="llm-connection", daemon=True).start()
+    except (OSError, EOFError, mp.AuthenticationError) as e:  # a bad or vanished client: refused, the rest served
+        logger.warning("language model server: refused a connection (%s)", e)
+        conn.close()
+        return
+    _serve(conn, lm)
 
 
 class ProcessLanguageModel:
@@ -139,7 +151,8 @@ class ProcessLanguageModel:
         config: `[generation]` (backend, model_dir, device, threads): what the child loads.
         cache_dir: the converted-weights cache (`EngineConfig.llm_cache_dir`).
 
-    Call `close()` to stop the child (it also stops when this process exits).
+    Call `close()` to stop the child (it also stops when this process exits). `connect` gives
+    the same model of a shared server instead, whose `close()` closes only its connection.
     """
 
     def __init__(self, config: GenerationConfig, cache_dir: Path, start_timeout_s: float = START_TIMEOUT_S) -> None:
@@ -207,19 +220,24 @@ class ProcessLanguageModel:
             if finished:
                 with self._pending_lock:
                     self._pending.pop(request_id, None)
-            else:  # the reader stopped early: stop decoding for it
-                self._send((next(self._ids), "cancel", (request_id,), {}))
+            else:  # the reader stopped early: stop decoding for it (a connection since lost has stopped already)
+                try:
+                    self._send((next(self._ids), "cancel", (request_id,), {}), reconnect=False)
+                except OSError:
+                    pass
                 self._drain(request_id, replies)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the child: it exits after its loop ends; one still decoding after `timeout_s` is
         killed. Calls still waiting get an error. A connected model closes its connection only."""
         try:
-            self._send(None)
-        except (OSError, BrokenPipeError):
+            self._send(None, reconnect=False)
+        except OSError:
             pass
         if self._process is None:
-            self._address = None  # no reconnecting after close
+            with self._send_lock:
+                self._address = None  # no reconnecting after close
+            self._reader.join(timeout_s)  # the server ends the connection on None; then it is safe to close
             self._conn.close()
             return
         self._process.join(timeout_s)
@@ -229,9 +247,9 @@ class ProcessLanguageModel:
 
     # -- the pipe --
 
-    def _send(self, message: tuple | None) -> None:
+    def _send(self, message: tuple | None, reconnect: bool = True) -> None:
         with self._send_lock:
-            if self._address is not None and not self._reader.is_alive() and message is not None:
+            if reconnect and self._address is not None and not self._reader.is_alive():
                 self._reconnect()
             self._conn.send(message)
 
@@ -253,7 +271,7 @@ class ProcessLanguageModel:
             self._pending[request_id] = replies
         try:
             self._send((request_id, method, args, {}))
-        except OSError as e:  # the process or server is gone
+        except (OSError, RuntimeError) as e:  # the process or server is gone (and, shared, not back)
             with self._pending_lock:
                 self._pending.pop(request_id, None)
             raise RuntimeError(f"language model process: {e}") from e
@@ -280,31 +298,23 @@ class ProcessLanguageModel:
 
     def _read(self) -> None:
         conn = self._conn
-        while True:
-            try:
-                kind, request_id, value = conn.recv()
-            except (EOFError, OSError):
-                break
-            with self._pending_lock:
-                replies = self._pending.get(request_id)
-            if replies is not None:
-                replies.put((kind, value))
-        with self._pending_lock:  # the child is gone: fail whatever still waits
-            waiting, self._pending = list(self._pending.values()), {}
-        for replies in waiting:
-            replies.put(("error", "the process exited"))
+        try:
+            while True:
+                try:
+                    kind, request_id, value = conn.recv()
+                except (EOFError, OSError, TypeError):  # TypeError: closed under a recv in progress
+                    break
+                with self._pending_lock:
+                    replies = self._pending.get(request_id)
+                if replies is not None:
+                    replies.put((kind, value))
+        finally:
+            with self._pending_lock:  # the model's process or connection is gone: fail whatever still waits
+                waiting, self._pending = list(self._pending.values()), {}
+            for replies in waiting:
+                replies.put(("error", "the language model's process or connection is gone"))
 
-
-def shared_language_model() -> ProcessLanguageModel | None:
-    """The launcher's shared model (`serving.process`) when this process was started with one
-    (its address and key in the environment), else None."""
-    address = os.environ.get(SHARED_ADDRESS_ENV)
-    if not address:
-        return None
-    return ProcessLanguageModel.connect(address, bytes.fromhex(os.environ[SHARED_AUTHKEY_ENV]))
-
-
-def _connect(address: str, authkey: bytes):
+def _connect(address: str, authkey: bytes) -> tuple[Connection, str]:
     """A connection to a `serve_shared` server and the model version it greets with."""
     from multiprocessing.connection import Client
 

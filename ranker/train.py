@@ -242,7 +242,11 @@ def evaluate_ranker(
     context = latest_histories(history_events(split.train, history_event_types), spec)
     valid = make_examples(history_events(split.valid, history_event_types), split.valid, spec, config.tasks,
                           config.negatives_per_positive, rng, context=context)
-    preds = predict(model, valid, item_features, retrieval=retrieval)
+    # The item features a checkpoint saves (totals, not as of each event: `ItemFeatures`), so the
+    # figures are those of the model as served; a leave-one-out validation event can predate
+    # other users' training events.
+    served = dataclasses.replace(item_features, event_offsets=None, event_times=None)
+    preds = predict(model, valid, served, retrieval=retrieval)
     metrics: dict[str, float] = {}
     for t, task in enumerate(config.tasks):
         if task.kind != "binary":

@@ -237,15 +237,15 @@ class CandidateGenerator:
         unfilled = 0
         for i, (source, quota) in enumerate(self.sources):
             k = quota + (unfilled if i == len(self.sources) - 1 else 0)
-            found = source.candidates(user, k, exclude) if k > 0 else []
-            for item_id, score, content_type in found:
+            taken = len(out)
+            for item_id, score, content_type in source.candidates(user, k, exclude) if k > 0 else []:
                 if item_id not in exclude:  # a source listing an item twice keeps its first
                     out.item_ids.append(item_id)
                     out.sources.append(source.name)
                     out.scores.append(score)
                     out.content_types.append(content_type)
                     exclude.add(item_id)
-            unfilled += quota - len(found)
+            unfilled += quota - (len(out) - taken)
         return out
 
 

@@ -34,7 +34,7 @@ from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import GeneratedPost, PostRequest, SourceItem
 from generation.llm import make_language_model
-from generation.remote import ProcessLanguageModel, shared_language_model
+from generation.remote import ProcessLanguageModel
 from generation.worker import GenerationWorker
 from generation.writer import PostWriter
 from serving.metrics import ServiceMetrics
@@ -191,13 +191,17 @@ def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
 
 
 def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeline],
-                         metrics: ServiceMetrics | None = None) -> GeneratedPosts:
-    """Load the language model (converted weights cached under `engine.llm_cache_dir`) and the
-    text encoder, build the writer (grounded in the served catalogue, guarded, with the ranker as
-    its critic), the cache and the background worker, and queue the most active users' posts."""
+                         metrics: ServiceMetrics | None = None,
+                         shared_model: tuple[str, bytes] | None = None) -> GeneratedPosts:
+    """Load the language model (converted weights cached under `engine.llm_cache_dir`), or
+    connect to the shared one at `shared_model` (its socket address and key), and the text
+    encoder; build the writer (grounded in the served catalogue, guarded, with the ranker as its
+    critic), the cache and the background worker, and queue the most active users' posts."""
     config = engine.generation
-    if config.isolation == "process":  # the launcher's shared model under `feed serve --processes N`
-        lm = shared_language_model() or ProcessLanguageModel(config, engine.llm_cache_dir)
+    if shared_model is not None:  # the launcher's, under `feed serve --processes N`
+        lm = ProcessLanguageModel.connect(*shared_model)
+    elif config.isolation == "process":
+        lm = ProcessLanguageModel(config, engine.llm_cache_dir)
     else:
         lm = make_language_model(config, engine.llm_cache_dir)
     current = pipeline()

@@ -35,12 +35,14 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from feedcore.config import EngineConfig
+from feedcore.config import EngineConfig, GenerationConfig
 
 logger = logging.getLogger(__name__)
 LAUNCHER_PID = "FEED_LAUNCHER_PID"  # in a process's environment: the launcher it belongs to
+SHARED_MODEL_ENV = "FEED_SHARED_LM"  # in a process's environment: "<socket path> <key hex>" of the shared model
 RESTART_DELAY_S = 1.0  # before restarting a process that died; doubled per restart in a crash loop
 MAX_RESTART_DELAY_S = 60.0
 STABLE_S = 60.0  # a process that served this long before dying is restarted after RESTART_DELAY_S again
@@ -65,15 +67,14 @@ class SharedLanguageModel:
     """The launcher's one language model for its processes (`generation.remote.serve_shared`)."""
 
     def __init__(self, config: EngineConfig, scratch: Path) -> None:
-        self.config, self.cache_dir = config.generation, str(config.llm_cache_dir)
+        self.generation, self.cache_dir = config.generation, str(config.llm_cache_dir)
         self.address, self.authkey = str(scratch / "llm.sock"), os.urandom(32)
         self.process: mp.process.BaseProcess | None = None
 
     @property
     def environ(self) -> dict[str, str]:
-        from generation.remote import SHARED_ADDRESS_ENV, SHARED_AUTHKEY_ENV
-
-        return {SHARED_ADDRESS_ENV: self.address, SHARED_AUTHKEY_ENV: self.authkey.hex()}
+        """What tells a process where the model is (its key stays out of the command line)."""
+        return {SHARED_MODEL_ENV: f"{self.address} {self.authkey.hex()}"}
 
     def start(self) -> None:
         """Start it and wait until it serves; RuntimeError when it cannot load."""
@@ -82,7 +83,8 @@ class SharedLanguageModel:
         context = mp.get_context("spawn")
         reader, writer = context.Pipe(duplex=False)
         self.process = context.Process(target=_language_model_server, name="llm-shared", daemon=True,
-                                       args=(self.config, self.cache_dir, self.address, self.authkey, writer))
+                                       args=(self.generation, self.cache_dir, self.address, self.authkey, writer,
+                                             os.getpid()))
         self.process.start()
         writer.close()
         if not reader.poll(START_TIMEOUT_S):
@@ -110,11 +112,13 @@ class SharedLanguageModel:
                 self.process.join()
 
 
-def _language_model_server(config, cache_dir: str, address: str, authkey: bytes, ready) -> None:
+def _language_model_server(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes,
+                           ready: Connection, launcher: int) -> None:
     """The shared model's process: dies with its launcher; Ctrl-C is the launcher's to handle."""
     from generation.remote import serve_shared
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[LAUNCHER_PID] = str(launcher)
     stop_with_launcher()
     serve_shared(config, cache_dir, address, authkey, ready)
 
@@ -195,6 +199,8 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
     try:
         if shared is not None:
             shared.start()  # before the processes, which connect to it as they load
+            if stopping.is_set():  # stopped while it loaded
+                return stop_all()
         port = start(0, port)  # picks the port when it is 0; the others share it
         for index in range(1, processes):
             if stopping.is_set():
@@ -210,19 +216,21 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         print(f"{ready_line} {config.serving.host}:{port}", flush=True)
     started = [time.monotonic()] * processes
     delay = [RESTART_DELAY_S] * processes
-    shared_delay = RESTART_DELAY_S
+    shared_delay, shared_since = RESTART_DELAY_S, time.monotonic()
     while not stopping.wait(0.5):
         if shared is not None and not shared.alive() and not stopping.is_set():
+            if time.monotonic() - shared_since > STABLE_S:  # it had been serving: no crash loop
+                shared_delay = RESTART_DELAY_S
             logger.error("the shared language model (pid %d) exited with code %s: restarting it in %.0f s",
                          shared.process.pid, shared.process.exitcode, shared_delay)
             if stopping.wait(shared_delay):
                 break
-            try:
+            shared_delay = min(2 * shared_delay, MAX_RESTART_DELAY_S)
+            try:  # the loop waits for the load (seconds): processes that die meanwhile restart after it
                 shared.start()
-                shared_delay = RESTART_DELAY_S
             except RuntimeError as e:  # the processes serve on; their posts wait for it
                 logger.error("%s; trying again", e)
-                shared_delay = min(2 * shared_delay, MAX_RESTART_DELAY_S)
+            shared_since = time.monotonic()
         for index, child in enumerate(children):
             if child.poll() is None or stopping.is_set():
                 continue

@@ -78,11 +78,13 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None) -> None:
+def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None,
+          shared_model: tuple[str, bytes] | None = None) -> None:
     """Run the server until SIGTERM / SIGINT, then shut down gracefully: NOT_SERVING, in-flight
     requests finish, the event log is flushed into Parquet. New models and indexes written under
     `engine.artifacts_dir` are picked up live (`serving.reloader`). With `[generation] enabled`,
-    the generative module loads first and writes posts in the background (`serving.generated_posts`)."""
+    the generative module loads first and writes posts in the background (`serving.generated_posts`),
+    with the launcher's language model at `shared_model` (address, key) when given."""
     config = engine.serving
     _limit_threads(config.torch_threads)  # this thread's; the gRPC workers set theirs (create_server)
     running = create_server(config, pipeline, event_log)
@@ -91,7 +93,7 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     if engine.generation.enabled:
         from serving.generated_posts import make_generated_posts
 
-        posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics)
+        posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics, shared_model)
         running.servicer.posts = posts
     freeze_heap()  # everything loaded so far lives as long as the process (or until a reload)
     server.start()

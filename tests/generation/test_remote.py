@@ -83,8 +83,15 @@ def test_one_shared_model_serves_several_connections_and_refuses_a_wrong_key(llm
         assert "".join(second.stream(PROMPTS[1], 8)) == lm.generate(PROMPTS[1:], 8)[0]
         with pytest.raises(mp.AuthenticationError):
             Client(address, family="AF_UNIX", authkey=b"wrong" * 8)
+        silent = Client(address, family="AF_UNIX")  # connects, never answers the key check
         assert second.generate(PROMPTS[:1], 4) == lm.generate(PROMPTS[:1], 4)  # still serving
+        third = ProcessLanguageModel.connect(address, key)  # and new connections too
+        assert third.generate(PROMPTS[:1], 4) == lm.generate(PROMPTS[:1], 4)
+        silent.close()
         second.close()
+        third.close()
+        with pytest.raises(RuntimeError):  # a closed model does not reconnect
+            third.generate(PROMPTS[:1], 4)
     finally:
         server.kill()
         server.join()

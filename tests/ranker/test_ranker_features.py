@@ -172,28 +172,32 @@ def test_training_examples_carry_event_times():
     assert np.isnan(no_time.time).all()
 
 
-def test_popularity_is_as_of_each_rows_time():
+def test_popularity_and_age_are_as_of_each_rows_time():
     from feedcore.features import item_features_from_dict, item_features_to_dict
 
     items = pl.DataFrame({"item_id": list("abcdef"), "content_type": ["x"] * 6, "categories": [[]] * 6},
                          schema_overrides={"categories": pl.List(pl.String)})
     users = pl.DataFrame({"user_id": ["u", "v", "w"]})
-    events = pl.DataFrame({"user_id": ["u", "v", "w", "u", "v"], "item_id": ["a", "a", "a", "b", "c"],
-                           "ts": [10, 20, 30, 25, 30], "seq": [0, 0, 0, 1, 1], "event": ["view"] * 5,
-                           "value": [None] * 5})
+    events = pl.DataFrame({"user_id": ["u", "v", "w", "u", "v", "w"], "item_id": ["a", "a", "a", "b", "c", "c"],
+                           "ts": [10, 20, 30, 25, 30, None], "seq": [0, 0, 0, 1, 1, 1], "event": ["view"] * 6,
+                           "value": [None] * 6})
     spec = build_feature_spec(items, users, max_history=3)
     feats = item_features(items, events, spec)
     a, b, c = (spec.items.encode_one(i) for i in "abc")
     counts = np.expm1(feats.popularity_at(np.array([a, a, a, a, b, b, c]), np.array([10, 20, 31, np.nan, 25, 26, 30])))
-    assert counts.round().tolist() == [0, 1, 3, 3, 0, 1, 0]  # strictly before; NaN: the total
+    # Strictly before; a NaN time reads the total; c's event without a time counts before every row.
+    assert counts.round().tolist() == [0, 1, 3, 3, 0, 1, 1]
     batch = ranker_inputs(np.array([1, 1]), np.array([a, a]), np.zeros((2, 3), np.int64), feats,
                           event_time=np.array([20.0, 1e9]))
     assert np.expm1(batch.dense[:, 0].numpy()).round().tolist() == [1, 3]  # the training transform reads it
+    # Age: known once the item was engaged (no catalogue created_at here), unknown at its first
+    # engagement, as for an item new at serving time.
+    created = feats.content(np.array([a, a, b, a]), times=np.array([10.0, 20.0, 25.0, np.nan])).created_at
+    assert created[[1, 3]].tolist() == [10.0, 10.0] and np.isnan(created[[0, 2]]).all()
     # A checkpoint keeps the totals only: what a request (after every training event) reads.
     loaded = item_features_from_dict(item_features_to_dict(feats))
     assert loaded.event_times is None and np.array_equal(loaded.popularity_at(np.array([a]), np.array([20.0])),
                                                          feats.popularity[[a]])
-
 
 
 def test_loss_wrapper_runs_with_text_features_only():

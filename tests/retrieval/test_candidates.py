@@ -130,6 +130,10 @@ def test_generator_quotas_first_source_wins_seen_excluded_and_fallback_fills():
     assert list(zip(got.item_ids, got.sources, strict=True)) == [
         ("b", "first"), ("c", "first"), ("e", "second"), ("f", "popular"), ("g", "popular"), ("h", "popular"),
         ("i", "popular")]
+    # A source listing an item twice: the first listing counts, once, and the fallback fills the slot.
+    twice = CandidateGenerator([(_Fixed("first", ["b", "b", "c"]), 3), (fallback, 1)]).generate(NOBODY)
+    assert list(zip(twice.item_ids, twice.sources, strict=True)) == [
+        ("b", "first"), ("c", "first"), ("a", "popular"), ("f", "popular")]
     # A cold user: sources that find nothing hand their quota to the fallback.
     cold = CandidateGenerator([(_Fixed("first", []), 3), (fallback, 2)]).generate(NOBODY)
     assert cold.item_ids == ["a", "f", "g", "h", "i"]

@@ -230,10 +230,14 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
         while "shared language model smollm2" not in stderr.read_text().rsplit("restarting it", 1)[1]:
             assert time.monotonic() < deadline, stderr.read_text()[-3000:]
             time.sleep(0.5)
-        for _ in range(3):  # each process reconnects at its next call
+        for _ in range(3):  # a process reconnects at its next call
             final = _stream_post(line.split()[1])
             assert final.done and final.post_text
+        assert "reconnected to the shared language model" in stderr.read_text()
+        launcher.send_signal(signal.SIGTERM)
+        code = launcher.wait(timeout=120)
+        left = [pid for pid in shared if _running(pid)]  # before the clean-up below kills anything
     finally:
-        code = _stop(launcher, stderr, *pids.values(), *shared)
+        _stop(launcher, stderr, *pids.values(), *shared)
     assert code == 0, stderr.read_text()[-3000:]
-    assert not any(_running(pid) for pid in shared)
+    assert left == []  # the launcher stopped its model too
