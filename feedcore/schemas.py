@@ -171,6 +171,13 @@ class CanonicalDataset:
         if unknown.height:
             raise DataError(where("events"), f"{unknown.height} event(s) reference unknown items",
                             column="item_id", value=unknown["item_id"][0], expected="an item_id of the items table")
+        typed = self.events.join(self.items.select("item_id", pl.col("content_type").alias("_item_type")), on="item_id")
+        mismatch = typed.filter(pl.col("content_type") != pl.col("_item_type"))
+        if mismatch.height:
+            row = mismatch.row(0, named=True)
+            raise DataError(where("events"), f"{mismatch.height} event(s) carry another content type than their item",
+                            column="content_type", value=(row["item_id"], row["content_type"]),
+                            expected=f"the item's own ({row['_item_type']!r} for {row['item_id']!r})")
         unknown = self.events.join(self.users, on="user_id", how="anti")
         if unknown.height:
             raise DataError(where("events"), f"{unknown.height} event(s) reference unknown users",

@@ -144,6 +144,11 @@ def _greet_and_serve(conn: Connection, lm, authkey: bytes) -> None:
     _serve(conn, lm)
 
 
+class ModelUnavailable(RuntimeError):
+    """The language model's process or connection is gone (a shared one is being restarted):
+    the call can be retried."""
+
+
 class ProcessLanguageModel:
     """The `LanguageModel` of `config.backend`, run in a child process (see the module doc).
 
@@ -215,7 +220,7 @@ class ProcessLanguageModel:
                     return
                 else:
                     finished = True
-                    raise RuntimeError(f"language model process: {value}")
+                    raise (ModelUnavailable if kind == "gone" else RuntimeError)(f"language model process: {value}")
         finally:
             if finished:
                 with self._pending_lock:
@@ -258,7 +263,7 @@ class ProcessLanguageModel:
         try:
             conn, version = _connect(*self._address)
         except (OSError, EOFError) as e:
-            raise RuntimeError(f"the shared language model at {self._address[0]} is not reachable: {e}") from e
+            raise ModelUnavailable(f"the shared language model at {self._address[0]} is not reachable: {e}") from e
         logger.info("reconnected to the shared language model at %s", self._address[0])
         self._conn, self.model_version = conn, version
         self._reader = threading.Thread(target=self._read, name="llm-replies", daemon=True)
@@ -274,7 +279,7 @@ class ProcessLanguageModel:
         except (OSError, RuntimeError) as e:  # the process or server is gone (and, shared, not back)
             with self._pending_lock:
                 self._pending.pop(request_id, None)
-            raise RuntimeError(f"language model process: {e}") from e
+            raise ModelUnavailable(f"language model process: {e}") from e
         return request_id, replies
 
     def _result(self, method: str, *args):
@@ -282,14 +287,14 @@ class ProcessLanguageModel:
         kind, value = replies.get()
         with self._pending_lock:
             self._pending.pop(request_id, None)
-        if kind == "error":
-            raise RuntimeError(f"language model process: {value}")
+        if kind in ("error", "gone"):
+            raise (ModelUnavailable if kind == "gone" else RuntimeError)(f"language model process: {value}")
         return value
 
     def _drain(self, request_id: int, replies: queue.Queue) -> None:
         """Forget a cancelled stream once the child confirms it ended (in the background)."""
         def wait() -> None:
-            while replies.get()[0] == "piece":  # until "done" or "error"
+            while replies.get()[0] == "piece":  # until "done", "error" or "gone"
                 pass
             with self._pending_lock:
                 self._pending.pop(request_id, None)
@@ -312,7 +317,7 @@ class ProcessLanguageModel:
             with self._pending_lock:  # the model's process or connection is gone: fail whatever still waits
                 waiting, self._pending = list(self._pending.values()), {}
             for replies in waiting:
-                replies.put(("error", "the language model's process or connection is gone"))
+                replies.put(("gone", "the language model's process or connection is gone"))
 
 def _connect(address: str, authkey: bytes) -> tuple[Connection, str]:
     """A connection to a `serve_shared` server and the model version it greets with."""

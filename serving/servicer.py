@@ -19,6 +19,7 @@ from grpc_health.v1.health import HealthServicer
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from generation.interface import GeneratedPost
+from generation.remote import ModelUnavailable
 from retrieval.candidates import EXPLANATIONS
 from serving.event_log import EventLog, now_ms
 from serving.experiments import Experiment, ExperimentStore
@@ -164,6 +165,8 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                                              provenance=_provenance(piece))
         except LookupError as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except ModelUnavailable as e:  # the launcher's shared model is restarting
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; retry in a few seconds")
 
     def check_experiment(self, experiment: Experiment) -> None:
         """ValueError if an arm weights a task the served ranker does not predict."""

@@ -31,6 +31,13 @@ def test_events_referencing_unknown_items_are_refused():
         _tiny(events=events)
 
 
+def test_an_event_of_another_content_type_than_its_item_is_refused():
+    events = pl.DataFrame({"user_id": ["u1"], "item_id": ["i2"], "content_type": ["movie"], "event": ["click"]})
+    with pytest.raises(DataError, match=r"column 'content_type': 1 event\(s\) carry another content type than their "
+                                        r"item.*\('i2', 'movie'\).*the item's own \('post' for 'i2'\)"):
+        _tiny(events=events)
+
+
 def test_missing_required_column_is_named():
     with pytest.raises(DataError, match=r"missing required column\(s\) \['content_type'\]"):
         CanonicalDataset.build("x", items=pl.DataFrame({"item_id": ["a"], "categories": [["c"]]}),

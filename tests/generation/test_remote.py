@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from feedcore.config import GenerationConfig
-from generation.remote import ProcessLanguageModel
+from generation.remote import ModelUnavailable, ProcessLanguageModel
 
 TEST_CONFIG = GenerationConfig(threads=1)
 
@@ -88,10 +88,14 @@ def test_one_shared_model_serves_several_connections_and_refuses_a_wrong_key(llm
         third = ProcessLanguageModel.connect(address, key)  # and new connections too
         assert third.generate(PROMPTS[:1], 4) == lm.generate(PROMPTS[:1], 4)
         silent.close()
-        second.close()
         third.close()
         with pytest.raises(RuntimeError):  # a closed model does not reconnect
             third.generate(PROMPTS[:1], 4)
+        server.kill()
+        server.join()
+        with pytest.raises(ModelUnavailable):  # gone, and no server to reconnect to: retry later
+            second.generate(PROMPTS[:1], 4)
+        second.close()
     finally:
         server.kill()
         server.join()
