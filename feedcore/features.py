@@ -336,14 +336,14 @@ def item_features(items: pl.DataFrame, train_events: pl.DataFrame, spec: Feature
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.array([c for cats in cat_lists for c in cats], np.int64)
     train_index = spec.items.encode(train_events["item_id"])
-    counts = np.bincount(train_index, minlength=n).astype(np.float32)
+    counts = np.bincount(train_index, minlength=n)
     by_item_offsets = by_item_times = None
     times = event_times(train_events)
     if not np.isnan(times).all():  # popularity as of each row's time; an event with no time counts as before all
         times = np.where(np.isnan(times), -np.inf, times)
         by_item_times = times[np.lexsort((times, train_index))]
-        by_item_offsets = np.concatenate([[0], np.cumsum(np.bincount(train_index, minlength=n))]).astype(np.int64)
-    return ItemFeatures(content_type, offsets, values, np.log1p(counts),
+        by_item_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ItemFeatures(content_type, offsets, values, np.log1p(counts.astype(np.float32)),
                         created_at=item_created_at(items, train_events, spec, order, train_index),
                         text=None if text is None else np.asarray(text, np.float16),
                         event_offsets=by_item_offsets, event_times=by_item_times)

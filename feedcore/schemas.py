@@ -167,11 +167,12 @@ class CanonicalDataset:
             dup = df.filter(pl.col(key).is_duplicated())
             if dup.height:
                 raise DataError(where(table), "duplicate key", column=key, value=dup[key][0], expected="unique ids")
-        unknown = self.events.join(self.items, on="item_id", how="anti")
+        typed = self.events.join(self.items.select("item_id", pl.col("content_type").alias("_item_type")),
+                                 on="item_id", how="left")
+        unknown = typed.filter(pl.col("_item_type").is_null())
         if unknown.height:
             raise DataError(where("events"), f"{unknown.height} event(s) reference unknown items",
                             column="item_id", value=unknown["item_id"][0], expected="an item_id of the items table")
-        typed = self.events.join(self.items.select("item_id", pl.col("content_type").alias("_item_type")), on="item_id")
         mismatch = typed.filter(pl.col("content_type") != pl.col("_item_type"))
         if mismatch.height:
             row = mismatch.row(0, named=True)

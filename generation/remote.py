@@ -105,12 +105,12 @@ def _serve(conn: Connection, lm) -> None:
     conn.close()
 
 
-def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes, ready: Connection) -> None:
+def serve_shared(ready: Connection, config: GenerationConfig, cache_dir: str, address: str, authkey: bytes) -> None:
     """A language model for several server processes (`feed serve --processes N`): load it once,
     then serve every process that connects to the Unix socket `address` (with `authkey`) as
-    `_child` serves its one parent, each connection in a thread of its own. Sends ("ready",
-    version) or ("error", message) on the pipe end `ready` once loaded; runs until killed (by
-    its launcher, `serving.process`)."""
+    `_child` serves its one parent, each connection in a thread of its own. Reports on `ready`
+    as `_child` does (`spawn_model_process` waits for it); runs until killed (by its launcher,
+    `serving.process`)."""
     from multiprocessing.connection import Listener
 
     try:
@@ -118,9 +118,9 @@ def serve_shared(config: GenerationConfig, cache_dir: str, address: str, authkey
         Path(address).unlink(missing_ok=True)  # a socket left by a predecessor that died
         listener = Listener(address, family="AF_UNIX")  # the key is checked per connection, below
     except BaseException as e:  # reported to the launcher, which stops the launch
-        ready.send(("error", f"{type(e).__name__}: {e}"))
+        ready.send(("error", -1, f"{type(e).__name__}: {e}"))
         return
-    ready.send(("ready", lm.model_version))
+    ready.send(("ready", -1, lm.model_version))
     ready.close()
     while True:
         conn = listener.accept()
@@ -144,6 +144,29 @@ def _greet_and_serve(conn: Connection, lm, authkey: bytes) -> None:
     _serve(conn, lm)
 
 
+def spawn_model_process(target, args: tuple, name: str, what: str, timeout_s: float = START_TIMEOUT_S):
+    """Start `target(conn, *args)` in a fresh (spawned: no copied locks or threads) daemon process
+    and wait for its ("ready", -1, model version) on `conn`; returns (process, conn, version).
+    RuntimeError, naming `what`, when it reports an error, dies or says nothing in `timeout_s`."""
+    context = mp.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    process = context.Process(target=target, args=(child_conn, *args), name=name, daemon=True)
+    process.start()
+    child_conn.close()
+    if not conn.poll(timeout_s):
+        process.kill()
+        raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s")
+    try:
+        kind, _, value = conn.recv()
+    except EOFError:  # it died before a word
+        process.join(10)
+        kind, value = "error", f"it exited with code {process.exitcode}"
+    if kind != "ready":
+        process.join(10)
+        raise RuntimeError(f"{what} failed to load the model: {value}")
+    return process, conn, value
+
+
 class ModelUnavailable(RuntimeError):
     """The language model's process or connection is gone (a shared one is being restarted):
     the call can be retried."""
@@ -161,21 +184,10 @@ class ProcessLanguageModel:
     """
 
     def __init__(self, config: GenerationConfig, cache_dir: Path, start_timeout_s: float = START_TIMEOUT_S) -> None:
-        context = mp.get_context("spawn")  # a fresh interpreter: no copied locks or threads
-        conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child, args=(child_conn, config, str(cache_dir)), name="llm",
-                                        daemon=True)
-        self._process.start()
-        child_conn.close()
-        if not conn.poll(start_timeout_s):
-            self._process.kill()
-            raise RuntimeError(f"the language model process did not start within {start_timeout_s:.0f} s")
-        kind, _, value = conn.recv()
-        if kind != "ready":
-            self._process.join(10)
-            raise RuntimeError(f"the language model process failed to load the model: {value}")
+        self._process, conn, version = spawn_model_process(_child, (config, str(cache_dir)), "llm",
+                                                           "the language model process", start_timeout_s)
         self._address: tuple[str, bytes] | None = None
-        self._attach(conn, value)
+        self._attach(conn, version)
 
     @classmethod
     def connect(cls, address: str, authkey: bytes) -> ProcessLanguageModel:
@@ -220,7 +232,7 @@ class ProcessLanguageModel:
                     return
                 else:
                     finished = True
-                    raise (ModelUnavailable if kind == "gone" else RuntimeError)(f"language model process: {value}")
+                    raise _failure(kind, value)
         finally:
             if finished:
                 with self._pending_lock:
@@ -288,7 +300,7 @@ class ProcessLanguageModel:
         with self._pending_lock:
             self._pending.pop(request_id, None)
         if kind in ("error", "gone"):
-            raise (ModelUnavailable if kind == "gone" else RuntimeError)(f"language model process: {value}")
+            raise _failure(kind, value)
         return value
 
     def _drain(self, request_id: int, replies: queue.Queue) -> None:
@@ -318,6 +330,12 @@ class ProcessLanguageModel:
                 waiting, self._pending = list(self._pending.values()), {}
             for replies in waiting:
                 replies.put(("gone", "the language model's process or connection is gone"))
+
+
+def _failure(kind: str, message: str) -> RuntimeError:
+    """The exception of a failed call: the model's own error, or ModelUnavailable when it is gone."""
+    return (ModelUnavailable if kind == "gone" else RuntimeError)(f"language model process: {message}")
+
 
 def _connect(address: str, authkey: bytes) -> tuple[Connection, str]:
     """A connection to a `serve_shared` server and the model version it greets with."""

@@ -71,6 +71,13 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def plus(self, item_ids: list[str], source: str, content_type: str) -> Candidates:
+        """These candidates followed by `item_ids`, all found by `source` and of `content_type`
+        (score 0): the generated posts a request ranks with them."""
+        n = len(item_ids)
+        return Candidates(self.item_ids + item_ids, self.sources + [source] * n, self.scores + [0.0] * n,
+                          self.content_types + [content_type] * n)
+
 
 class CandidateSource(Protocol):
     name: str

@@ -36,7 +36,7 @@ from ranker.blender import blend
 from ranker.exploration import ExplorationConfig, explore, session_seed
 from ranker.model import SOURCE_IDS, MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
-from retrieval.candidates import CandidateGenerator, UserState, make_candidate_generator
+from retrieval.candidates import CandidateGenerator, Candidates, UserState, make_candidate_generator
 from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
@@ -262,10 +262,8 @@ class FeedPipeline:
         found = self.candidates.generate(UserState(request.user_id, history, seen, embedding))
         posts = {p.post.post_id: p for p in request.posts
                  if p.post.post_id not in seen and p.post.created_ms <= started_ms}
-        # generated posts are candidates of their own source and content type
-        item_ids = found.item_ids + list(posts)
-        sources = found.sources + [POST_SOURCE] * len(posts)
-        content_types = found.content_types + [POST_CONTENT_TYPE] * len(posts)
+        candidates = found.plus(list(posts), POST_SOURCE, POST_CONTENT_TYPE)  # posts: their own source and type
+        item_ids = candidates.item_ids
         timings["candidates"] = _lap(t0)
 
         # 2. feature hydration (the same transforms as training), 3. ranker, 4. value model and blend.
@@ -277,8 +275,8 @@ class FeedPipeline:
             new_items = None if not ready else self._post_features(
                 [p.post.source_item_ids for p in ready], np.stack([p.text_embedding for p in ready]),
                 np.array([p.post.created_ms / 1000.0 for p in ready]), len(item_ids) - len(ready))
-            preds, values, order = self._rank(request, item_ids, item, history, sources, content_types, seen,
-                                              timings, new_items, request_ms=started_ms, user_embedding=embedding)
+            preds, values, order = self._rank(request, candidates, item, history, seen, timings, new_items,
+                                              request_ms=started_ms, user_embedding=embedding)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
@@ -298,8 +296,8 @@ class FeedPipeline:
             post = posts[item_ids[c]].post if item_ids[c] in posts else None
             title = self.catalog[item_ids[c]][1] if post is None else ""
             items.append(RankedItem(
-                item_id=item_ids[c], content_type=content_types[c], title=title, score=float(values[c]),
-                task_scores={t: float(p[c]) for t, p in preds.items()}, source=sources[c],
+                item_id=item_ids[c], content_type=candidates.content_types[c], title=title, score=float(values[c]),
+                task_scores={t: float(p[c]) for t, p in preds.items()}, source=candidates.sources[c],
                 position=position, post=post, propensity=float(propensity[position]),
             ))
         end = offset + len(page)
@@ -307,21 +305,23 @@ class FeedPipeline:
         timings["total"] = _lap(t0)
         return FeedPage(items, next_cursor, self.model_version, timings, degraded)
 
-    def _rank(self, request: FeedRequest, item_ids: list[str], item: np.ndarray, history: np.ndarray,
-              sources: list[str], content_types: list[str], seen: frozenset[str], timings: dict[str, float],
-              new_items: NewItems | None = None, request_ms: int = 0, user_embedding: np.ndarray | None = None):
-        """Task predictions, values and the blended order of the candidates (found by `sources`, of
-        `content_types`); `new_items` carries the content of candidates outside the vocabulary
-        (generated posts, item index 0). `request_ms` is the time features read (the session's
-        first page's, so pages never shift)."""
-        preds = self._predict(request.user_id, item, history, sources, new_items, request_ms, user_embedding, timings)
+    def _rank(self, request: FeedRequest, candidates: Candidates, item: np.ndarray, history: np.ndarray,
+              seen: frozenset[str], timings: dict[str, float], new_items: NewItems | None = None,
+              request_ms: int = 0, user_embedding: np.ndarray | None = None):
+        """Task predictions, values and the blended order of the candidates (item indices `item`);
+        `new_items` carries the content of candidates outside the vocabulary (generated posts,
+        item index 0). `request_ms` is the time features read (the session's first page's, so
+        pages never shift)."""
+        item_ids = candidates.item_ids
+        preds = self._predict(request.user_id, item, history, candidates.sources, new_items, request_ms,
+                              user_embedding, timings)
         t3 = time.perf_counter()
         values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
         embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
         if embeddings is not None and new_items is not None and new_items.embedding is not None:
             embeddings[new_items.rows] = new_items.embedding  # posts: their content embedding, not row 0
         order = blend(
-            values, content_types, request.blend or self.serving.blend,
+            values, candidates.content_types, request.blend or self.serving.blend,
             item_ids=item_ids, exclude=seen, creators=[self.creators.get(i) for i in item_ids],
             embeddings=embeddings,
         )

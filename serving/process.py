@@ -78,27 +78,13 @@ class SharedLanguageModel:
 
     def start(self) -> None:
         """Start it and wait until it serves; RuntimeError when it cannot load."""
-        from generation.remote import START_TIMEOUT_S
+        from generation.remote import spawn_model_process
 
-        context = mp.get_context("spawn")
-        reader, writer = context.Pipe(duplex=False)
-        self.process = context.Process(target=_language_model_server, name="llm-shared", daemon=True,
-                                       args=(self.generation, self.cache_dir, self.address, self.authkey, writer,
-                                             os.getpid()))
-        self.process.start()
-        writer.close()
-        if not reader.poll(START_TIMEOUT_S):
-            self.process.kill()
-            raise RuntimeError(f"the shared language model did not start within {START_TIMEOUT_S:.0f} s")
-        try:
-            kind, value = reader.recv()
-        except EOFError:  # it died before a word
-            self.process.join(10)
-            kind, value = "error", f"it exited with code {self.process.exitcode}"
-        if kind != "ready":
-            self.process.join(10)
-            raise RuntimeError(f"the shared language model failed to load: {value}")
-        logger.info("shared language model %s (pid %d) on %s", value, self.process.pid, self.address)
+        self.process, ready, version = spawn_model_process(
+            _language_model_server, (self.generation, self.cache_dir, self.address, self.authkey, os.getpid()),
+            "llm-shared", "the shared language model")
+        ready.close()
+        logger.info("shared language model %s (pid %d) on %s", version, self.process.pid, self.address)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -112,15 +98,15 @@ class SharedLanguageModel:
                 self.process.join()
 
 
-def _language_model_server(config: GenerationConfig, cache_dir: str, address: str, authkey: bytes,
-                           ready: Connection, launcher: int) -> None:
+def _language_model_server(ready: Connection, config: GenerationConfig, cache_dir: str, address: str,
+                           authkey: bytes, launcher: int) -> None:
     """The shared model's process: dies with its launcher; Ctrl-C is the launcher's to handle."""
     from generation.remote import serve_shared
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ[LAUNCHER_PID] = str(launcher)
     stop_with_launcher()
-    serve_shared(config, cache_dir, address, authkey, ready)
+    serve_shared(ready, config, cache_dir, address, authkey)
 
 
 def process_command(config_path: str, port: int, index: int, verbose: bool = False) -> list[str]:
@@ -214,39 +200,51 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         return 1
     if not stopping.is_set():
         print(f"{ready_line} {config.serving.host}:{port}", flush=True)
-    started = [time.monotonic()] * processes
-    delay = [RESTART_DELAY_S] * processes
-    shared_delay, shared_since = RESTART_DELAY_S, time.monotonic()
+    restarts = [_Restarts() for _ in range(processes)]
+    shared_restarts = _Restarts()
     while not stopping.wait(0.5):
         if shared is not None and not shared.alive() and not stopping.is_set():
-            if time.monotonic() - shared_since > STABLE_S:  # it had been serving: no crash loop
-                shared_delay = RESTART_DELAY_S
+            delay = shared_restarts.next_delay()
             logger.error("the shared language model (pid %d) exited with code %s: restarting it in %.0f s",
-                         shared.process.pid, shared.process.exitcode, shared_delay)
-            if stopping.wait(shared_delay):
+                         shared.process.pid, shared.process.exitcode, delay)
+            if stopping.wait(delay):
                 break
-            shared_delay = min(2 * shared_delay, MAX_RESTART_DELAY_S)
             try:  # the loop waits for the load (seconds): processes that die meanwhile restart after it
                 shared.start()
             except RuntimeError as e:  # the processes serve on; their posts wait for it
                 logger.error("%s; trying again", e)
-            shared_since = time.monotonic()
+            shared_restarts.started()
         for index, child in enumerate(children):
             if child.poll() is None or stopping.is_set():
                 continue
-            if time.monotonic() - started[index] > STABLE_S:  # it had been serving: no crash loop
-                delay[index] = RESTART_DELAY_S
+            delay = restarts[index].next_delay()
             logger.error("server process %d (pid %d) exited with code %s: restarting it in %.0f s", index, child.pid,
-                         child.returncode, delay[index])
-            if stopping.wait(delay[index]):
+                         child.returncode, delay)
+            if stopping.wait(delay):
                 break
-            delay[index] = min(2 * delay[index], MAX_RESTART_DELAY_S)
             try:
                 start(index, port)
             except RuntimeError as e:  # say, the artifacts on disk no longer load: the others keep serving
                 logger.error("%s; the other processes keep serving", e)
-            started[index] = time.monotonic()
+            restarts[index].started()
     return stop_all()
+
+
+class _Restarts:
+    """The wait before restarting something that died: RESTART_DELAY_S, doubled (up to
+    MAX_RESTART_DELAY_S) each time it dies again within STABLE_S of its last start."""
+
+    def __init__(self) -> None:
+        self.delay, self.since = RESTART_DELAY_S, time.monotonic()
+
+    def next_delay(self) -> float:
+        if time.monotonic() - self.since > STABLE_S:  # it had been serving: no crash loop
+            self.delay = RESTART_DELAY_S
+        delay, self.delay = self.delay, min(2 * self.delay, MAX_RESTART_DELAY_S)
+        return delay
+
+    def started(self) -> None:
+        self.since = time.monotonic()
 
 
 def _forward(stream) -> None:

@@ -66,16 +66,14 @@ def test_one_shared_model_serves_several_connections_and_refuses_a_wrong_key(llm
     import multiprocessing as mp
     from multiprocessing.connection import Client
 
-    from generation.remote import serve_shared
+    from generation.remote import serve_shared, spawn_model_process
 
-    context = mp.get_context("spawn")
-    reader, writer = context.Pipe(duplex=False)
     address, key = str(tmp_path / "llm.sock"), b"k" * 32
-    server = context.Process(target=serve_shared, args=(TEST_CONFIG, str(llm_cache[0]), address, key, writer),
-                             daemon=True)
-    server.start()
+    server, ready, version = spawn_model_process(serve_shared, (TEST_CONFIG, str(llm_cache[0]), address, key),
+                                                 "llm-shared", "the shared model", 300)
+    ready.close()
     try:
-        assert reader.poll(300) and reader.recv()[0] == "ready"
+        assert version == lm.model_version
         first, second = ProcessLanguageModel.connect(address, key), ProcessLanguageModel.connect(address, key)
         assert first.model_version == second.model_version == lm.model_version
         assert first.generate(PROMPTS[:1], 8) == second.generate(PROMPTS[:1], 8) == lm.generate(PROMPTS[:1], 8)
