@@ -62,22 +62,30 @@ class PostCache:
         with self._lock:
             return len(self._entries)
 
-    def put(self, post: GeneratedPost) -> None:
-        """Store a freshly written post for its user (the user is no longer stale)."""
-        now = self.clock()
+    def put(self, post: GeneratedPost, age_s: float = 0.0) -> None:
+        """Store a post for its user, written `age_s` seconds ago (0: just now; another process's
+        post arrives with its age, so it expires when it does there); the user is no longer stale."""
+        written = self.clock() - age_s
         with self._lock:
             entry = self._entries.pop(post.user_id, None) or _Entry([])
-            kept = [(t, p) for t, p in entry.posts if p.post_id != post.post_id]
-            entry.posts = [(now, post), *kept][: self.per_user]
-            for _, dropped in kept[self.per_user - 1:]:
+            offered = [(written, post), *((t, p) for t, p in entry.posts if p.post_id != post.post_id)]
+            offered.sort(key=lambda e: -e[0])  # newest first
+            entry.posts = offered[: self.per_user]
+            for _, dropped in offered[self.per_user:]:
                 self._by_id.pop(dropped.post_id, None)
+            for _, kept in entry.posts:
+                self._by_id[kept.post_id] = kept
             entry.engagements, entry.stale = 0, False
             self._entries[post.user_id] = entry
-            self._by_id[post.post_id] = post
             while len(self._entries) > self.max_users:
                 _, evicted = self._entries.popitem(last=False)
                 for _, p in evicted.posts:
                     self._by_id.pop(p.post_id, None)
+
+    def claim(self, user_id: str) -> bool:
+        """Whether this process is to write the user's background post now: always, for a cache
+        of its own (a `generation.remote.SharedPostCache` asks the processes it shares with)."""
+        return True
 
     def ready(self, user_id: str) -> list[GeneratedPost]:
         """The user's unexpired posts, newest first ([] when none); never waits for generation."""
@@ -87,6 +95,13 @@ class PostCache:
             if entry is None:
                 return []
             return [p for t, p in entry.posts if now - t < self.ttl_s]
+
+    def snapshot(self) -> list[GeneratedPost]:
+        """Every unexpired post, oldest first: what another cache is sent to catch up."""
+        now = self.clock()
+        with self._lock:
+            posts = [(t, p) for entry in self._entries.values() for t, p in entry.posts if now - t < self.ttl_s]
+        return [p for _, p in sorted(posts, key=lambda e: e[0])]
 
     def get(self, post_id: str) -> GeneratedPost | None:
         """A cached post by id (expired or not), e.g. to resolve an event logged against it."""

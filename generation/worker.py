@@ -51,7 +51,7 @@ class GenerationWorker:
 
     @property
     def stats(self) -> Counter[str]:
-        """Counts so far: batches, posts, no_plan, plan_errors, write_errors."""
+        """Counts so far: batches, posts, no_plan, written_elsewhere, plan_errors, write_errors."""
         with self._lock:
             return Counter(self._stats)
 
@@ -130,6 +130,9 @@ class GenerationWorker:
         requests = []
         for user_id in users:
             try:
+                if not self.cache.claim(user_id):  # another process sharing the posts is writing it
+                    self._count("written_elsewhere")
+                    continue
                 planned = self.plan(user_id)
                 if planned is None:
                     self._count("no_plan")

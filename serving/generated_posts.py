@@ -34,7 +34,7 @@ from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import GeneratedPost, PostRequest, SourceItem
 from generation.llm import make_language_model
-from generation.remote import ProcessLanguageModel
+from generation.remote import ProcessLanguageModel, SharedPostCache
 from generation.worker import GenerationWorker
 from generation.writer import PostWriter
 from serving.metrics import ServiceMetrics
@@ -156,6 +156,12 @@ class GeneratedPosts:
         if self.cache.note_engagement(user_id) and self.worker is not None:
             self.worker.request(user_id)
 
+    def receive(self, post: GeneratedPost) -> None:
+        """A post another server process wrote (`SharedPostCache`): cached (events logged against
+        it resolve at once), then embedded, so the GetFeed that serves it rarely embeds it itself."""
+        self.cache.receive(post)
+        self.text_embeddings([post.text])
+
     def lookup(self, post_id: str) -> GeneratedPost | None:
         return self.cache.get(post_id)
 
@@ -200,22 +206,25 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     config = engine.generation
     if shared_model is not None:  # the launcher's, under `feed serve --processes N`
         lm = ProcessLanguageModel.connect(*shared_model)
-    elif config.isolation == "process":
-        lm = ProcessLanguageModel(config, engine.llm_cache_dir)
+        cache = SharedPostCache(config, lm)  # the posts of every process on the one model
     else:
-        lm = make_language_model(config, engine.llm_cache_dir)
+        lm = (ProcessLanguageModel(config, engine.llm_cache_dir) if config.isolation == "process"
+              else make_language_model(config, engine.llm_cache_dir))
+        cache = PostCache(config)
     current = pipeline()
     posts = GeneratedPosts(config, pipeline, TextEmbeddings(load_text_encoder()))
     # The catalogue comes from `ground_in` (and again after each hot reload).
     writer = PostWriter(lm, Catalog(()), Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
-    cache = PostCache(config)
     posts.writer, posts.cache = writer, cache
+    # Under a shared model, the posts the other processes wrote so far, then each one they write.
+    received = lm.subscribe_posts(posts.receive) if shared_model is not None else 0
     posts.ground_in(current)
     posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:
         metrics.watch_generation(lambda: writer.stats)
     most_active = sorted(current.seen, key=lambda u: (-len(current.seen[u]), u))
     queued = posts.worker.warm(most_active)
-    logger.info("generation: %s ready, %d titles to ground posts in; writing posts for %d active users",
-                lm.model_version, len(writer.catalog), queued)
+    logger.info("generation: %s ready, %d titles to ground posts in; writing posts for %d active users%s",
+                lm.model_version, len(writer.catalog), queued,
+                f" (with the other processes; {received} of their posts received)" if shared_model else "")
     return posts

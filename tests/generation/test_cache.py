@@ -1,4 +1,6 @@
-"""PostCache: time to live, staleness after engagements, posts kept per user, lookup by id."""
+"""PostCache: time to live, staleness after engagements, posts kept per user, lookup by id; posts
+arriving with an age (another process's) and the snapshot that catches another cache up; the post
+exchange's claims (generation.remote.PostExchange)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,63 @@ def test_posts_per_user_keeps_the_newest():
         cache.put(_post("u", n))
     assert [p.post_id for p in cache.ready("u")] == ["gen:u:3", "gen:u:2"]
     assert cache.get("gen:u:1") is None and cache.get("gen:u:3") is not None
+
+
+def test_a_post_put_with_its_age_expires_when_it_would_have_and_sorts_by_age():
+    clock = Clock()
+    cache = PostCache(GenerationConfig(cache_ttl_s=10.0, posts_per_user=2), clock=clock)
+    cache.put(_post("u", 1))
+    cache.put(_post("u", 0), age_s=4.0)  # written before post 1, arriving after it
+    assert [p.post_id for p in cache.ready("u")] == ["gen:u:1", "gen:u:0"]
+    cache.put(_post("u", 9), age_s=5.0)  # older than both: it is the one dropped
+    assert [p.post_id for p in cache.ready("u")] == ["gen:u:1", "gen:u:0"] and cache.get("gen:u:9") is None
+    clock.now += 6.5
+    assert [p.post_id for p in cache.ready("u")] == ["gen:u:1"]  # post 0 is 10.5 s old
+    cache.put(_post("v", 0), age_s=11.0)
+    assert cache.ready("v") == [] and cache.needs_post("v")  # expired where it was written
+
+
+def test_a_snapshot_rebuilds_the_ready_posts_in_another_cache():
+    clock = Clock()
+    config = GenerationConfig(cache_ttl_s=10.0, posts_per_user=2)
+    cache = PostCache(config, clock=clock)
+    for n, user in enumerate("abca"):
+        cache.put(_post(user, n))
+        clock.now += 1.0
+    cache.put(_post("old", 9), age_s=20.0)
+    snapshot = cache.snapshot()
+    assert [p.post_id for p in snapshot] == ["gen:a:0", "gen:b:1", "gen:c:2", "gen:a:3"]  # oldest first, unexpired
+    other = PostCache(config, clock=clock)
+    for post in snapshot:
+        other.put(post)
+    assert {u: [p.post_id for p in other.ready(u)] for u in "abc"} == {u: [p.post_id for p in cache.ready(u)]
+                                                                       for u in "abc"}
+    assert cache.claim("a")  # a cache of its own always writes its users' posts
+
+
+def test_the_post_exchange_gives_each_user_one_writer_until_a_post_or_a_timeout():
+    from generation.remote import CLAIM_TIMEOUT_S, PostExchange
+
+    clock = Clock()
+    exchange = PostExchange(GenerationConfig(), clock=clock)
+    first, second = [], []
+    exchange.subscribe(first.append)
+    assert exchange.claim(first.append, "u") and exchange.claim(first.append, "u")  # its own claim again
+    assert not exchange.claim(second.append, "u")  # being written by the first
+    assert exchange.claim(second.append, "v")
+    exchange.leave(second.append)  # a process gone: its claims go with it
+    assert exchange.claim(first.append, "v")
+    clock.now += CLAIM_TIMEOUT_S
+    assert exchange.claim(second.append, "u")  # the first never published: its claim lapsed
+    exchange.publish(second.append, _post("u", 1))  # ends the claim, and reaches the first
+    assert exchange.claim(first.append, "u")
+    late = []
+    assert exchange.subscribe(late.append) == 1 and late == [("post", -1, _post("u", 1))]
+    for _ in range(100):
+        if first:
+            break
+        threading.Event().wait(0.05)  # the exchange sends in a thread of its own
+    assert first == [("post", -1, _post("u", 1))]
 
 
 def test_least_recently_written_users_are_dropped_beyond_capacity():

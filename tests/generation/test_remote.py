@@ -2,6 +2,7 @@
 same texts, same scores, concurrent calls, and an abandoned stream stops decoding."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -93,6 +94,59 @@ def test_one_shared_model_serves_several_connections_and_refuses_a_wrong_key(llm
         server.join()
         with pytest.raises(ModelUnavailable):  # gone, and no server to reconnect to: retry later
             second.generate(PROMPTS[:1], 4)
+        second.close()
+    finally:
+        server.kill()
+        server.join()
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_processes_on_a_shared_model_exchange_their_posts_and_keep_them_across_its_restart(llm_cache, tmp_path):
+    from generation.interface import GeneratedPost
+    from generation.remote import serve_shared, spawn_model_process
+
+    address, key = str(tmp_path / "llm.sock"), b"k" * 32
+
+    def start():
+        server, ready, _ = spawn_model_process(serve_shared, (TEST_CONFIG, str(llm_cache[0]), address, key),
+                                               "llm-shared", "the shared model", 300)
+        ready.close()
+        return server
+
+    now_ms = int(time.time() * 1000)
+    u1, v2 = (GeneratedPost(f"gen:{user}:{n}", user, f"Post {n}.", ("1", "2"), "m", "v1/digest", created_ms=now_ms)
+              for user, n in (("u", 1), ("v", 2)))
+
+    server = start()
+    try:
+        first, second = ProcessLanguageModel.connect(address, key), ProcessLanguageModel.connect(address, key)
+        got_first, got_second = [], []
+        assert first.subscribe_posts(got_first.append) == 0 and second.subscribe_posts(got_second.append) == 0
+        assert first.claim_post("u") and not second.claim_post("u")  # one writer for a user's post
+        first.publish_post(u1)
+        assert _wait_for(lambda: got_second == [u1]) and got_first == []  # not sent back to its writer
+        assert second.claim_post("u")  # the post ended the claim
+        late, got_late = ProcessLanguageModel.connect(address, key), []
+        assert late.subscribe_posts(got_late.append) == 1 and got_late == [u1]  # caught up at once
+        late.close()
+
+        server.kill()
+        server.join()
+        server = start()  # the launcher's restart: an empty exchange at the same address
+        # Both reconnect and subscribe again on their own, without a call.
+        assert _wait_for(lambda: first._reader.is_alive() and second._reader.is_alive())
+        assert _wait_for(lambda: second.claim_post("v") is not None)
+        first.publish_post(v2)
+        assert _wait_for(lambda: got_second[-1:] == [v2]), got_second
+        first.close()
         second.close()
     finally:
         server.kill()

@@ -72,14 +72,7 @@ def test_processes_share_one_port_restart_a_killed_one_and_lose_no_event(trained
 
     def log_one_event_per_connection(n: int) -> None:
         nonlocal acked
-        for i in range(n):  # a channel each: a connection each, which the kernel gives to either process
-            with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-                wait_ready(channel)
-                event = feed_pb2.Event(user_id="1", item_id="1", content_type="movie", event="impression",
-                                       request_id=f"r{acked}", position=i)
-                ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter([event]), metadata=[("x-api-key", "k")],
-                                                                       timeout=30)
-                acked += ack.accepted
+        acked += _log_per_connection(address, n, item_id="1", content_type="movie", request_id=f"r{acked}")
 
     first = {}
     try:
@@ -193,6 +186,20 @@ def _spawned_children(pid: int) -> list[int]:
     return out
 
 
+def _log_per_connection(address: str, n: int, **event: str) -> int:
+    """Log `event` (user 1's impression) on n channels, a connection each, which the kernel gives
+    to either process; how many were accepted."""
+    accepted = 0
+    for i in range(n):
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            wait_ready(channel)
+            message = feed_pb2.Event(**{"user_id": "1", "event": "impression", "position": i, **event})
+            ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter([message]), metadata=[("x-api-key", "k")],
+                                                                   timeout=30)
+            accepted += ack.accepted
+    return accepted
+
+
 def _stream_post(address: str):
     with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         wait_ready(channel)
@@ -203,8 +210,9 @@ def _stream_post(address: str):
 
 def test_generation_runs_one_language_model_for_all_processes(trained_engine, llm_cache_dir, tmp_path):
     """With generation on, the launcher runs one language model that both processes use (neither
-    starts its own); killed, it is restarted, and the processes write posts through it again."""
-    config, stderr = _config(tmp_path, trained_engine), tmp_path / "server.log"
+    starts its own), and a post either writes is known to both; killed, the model is restarted,
+    and the processes write and share posts through it again."""
+    config, stderr = _config(tmp_path, trained_engine, api_keys="['k']"), tmp_path / "server.log"
     config.write_text(config.read_text() + f"[generation]\nenabled = true\ncache_dir = '{llm_cache_dir}'\n"
                       "max_new_tokens = 8\nnum_candidates = 1\nmax_tries = 0\nwarm_users = 0\n")
     launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
@@ -217,9 +225,14 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
         assert len(shared) == 1, stderr.read_text()[-3000:]  # one model, the launcher's
         assert all(_spawned_children(pid) == [] for pid in pids.values())  # none of the processes has its own
         assert stderr.read_text().count("generation: smollm2") == 2  # both processes write posts with it
+        posts = []
         for _ in range(3):  # connections land on either process; each writes through the one model
             final = _stream_post(line.split()[1])
             assert final.done and final.post_text
+            posts.append(final.post_id)
+        time.sleep(1.0)  # a post reaches the other process asynchronously, in milliseconds
+        # An event naming a post without its content type resolves only where the post is known: everywhere.
+        assert _log_per_connection(line.split()[1], 16, item_id=posts[0]) == 16
         os.kill(shared[0], signal.SIGKILL)
         deadline = time.monotonic() + 120
         while len(_spawned_children(launcher.pid)) != 1 or _spawned_children(launcher.pid) == shared:
@@ -230,10 +243,14 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
         while "shared language model smollm2" not in stderr.read_text().rsplit("restarting it", 1)[1]:
             assert time.monotonic() < deadline, stderr.read_text()[-3000:]
             time.sleep(0.5)
-        for _ in range(3):  # a process reconnects at its next call
-            final = _stream_post(line.split()[1])
-            assert final.done and final.post_text
-        assert "reconnected to the shared language model" in stderr.read_text()
+        while stderr.read_text().count("reconnected to the shared language model") < 2:  # both, by themselves
+            assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(0.5)
+        final = _stream_post(line.split()[1])
+        assert final.done and final.post_text
+        posts.append(final.post_id)
+        time.sleep(1.0)
+        assert _log_per_connection(line.split()[1], 16, item_id=posts[-1]) == 16
         launcher.send_signal(signal.SIGTERM)
         code = launcher.wait(timeout=120)
         left = [pid for pid in shared if _running(pid)]  # before the clean-up below kills anything
@@ -241,3 +258,7 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
         _stop(launcher, stderr, *pids.values(), *shared)
     assert code == 0, stderr.read_text()[-3000:]
     assert left == []  # the launcher stopped its model too
+    for i in range(2):  # each process logged events against posts, some of them written by the other one
+        log = read_event_log(tmp_path / "log" / f"process-{i}")
+        assert log.height > 0 and set(log["item_id"]) <= {posts[0], posts[-1]}
+        assert set(log["content_type"]) == {"generated"}
