@@ -303,14 +303,26 @@ class ProcessLanguageModel:
         self._attach(conn, version)
 
     @classmethod
-    def connect(cls, address: str, authkey: bytes) -> ProcessLanguageModel:
+    def connect(cls, address: str, authkey: bytes, wait_s: float = 0.0) -> ProcessLanguageModel:
         """The model of a `serve_shared` server at the Unix socket `address`: the same calls, over
         a connection of this process's own; `close()` closes the connection, not the server. A
-        call after the server went away reconnects (the launcher restarts it) or fails."""
+        server not (yet, or again) there is waited for up to `wait_s`, then OSError. A call after
+        the server went away reconnects (the launcher restarts it) or fails."""
+        deadline = time.monotonic() + wait_s
+        for attempt in itertools.count():
+            try:
+                conn, version = _connect(address, authkey)
+                break
+            except (OSError, EOFError) as e:
+                if time.monotonic() >= deadline:
+                    raise
+                (logger.info if attempt == 0 else logger.debug)("waiting for the shared language model at %s (%s)",
+                                                                address, e)
+                time.sleep(1.0)
         lm = cls.__new__(cls)
         lm._process = None
         lm._address = (address, authkey)
-        lm._attach(*_connect(address, authkey))
+        lm._attach(conn, version)
         return lm
 
     def _attach(self, conn, model_version: str) -> None:

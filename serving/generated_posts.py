@@ -34,7 +34,7 @@ from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import GeneratedPost, PostRequest, SourceItem
 from generation.llm import make_language_model
-from generation.remote import ProcessLanguageModel, SharedPostCache
+from generation.remote import START_TIMEOUT_S, ProcessLanguageModel, SharedPostCache
 from generation.worker import GenerationWorker
 from generation.writer import PostWriter
 from serving.metrics import ServiceMetrics
@@ -205,7 +205,7 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     critic), the cache and the background worker, and queue the most active users' posts."""
     config = engine.generation
     if shared_model is not None:  # the launcher's, under `feed serve --processes N`
-        lm = ProcessLanguageModel.connect(*shared_model)
+        lm = ProcessLanguageModel.connect(*shared_model, wait_s=START_TIMEOUT_S)  # it may be restarting
         cache = SharedPostCache(config, lm)  # the posts of every process on the one model
     else:
         lm = (ProcessLanguageModel(config, engine.llm_cache_dir) if config.isolation == "process"

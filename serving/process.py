@@ -19,9 +19,10 @@ With generation on (``[generation] isolation = "process"``), the launcher first 
 language model for all the processes (`SharedLanguageModel`: `generation.remote.serve_shared`
 on a Unix socket in its private scratch directory, with a random key passed to the processes
 in their environment), so N processes hold one copy of the weights and one decoder shares the
-cores with the feed, instead of N. It is restarted like a process when it dies; the processes
-reconnect at their next call. Each process still writes and caches the posts of the users it
-serves.
+cores with the feed, instead of N. It is restarted like a process when it dies (each child is
+watched and restarted in a thread of its own, so one loading holds up no other); the processes
+reconnect by themselves, and one that starts meanwhile waits for it. It also carries the
+processes' posts (`generation.remote.PostExchange`): any process serves a post another wrote.
 """
 
 from __future__ import annotations
@@ -198,35 +199,55 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         logger.error("%s; stopping the others", e)
         stop_all()
         return 1
-    if not stopping.is_set():
-        print(f"{ready_line} {config.serving.host}:{port}", flush=True)
-    restarts = [_Restarts() for _ in range(processes)]
-    shared_restarts = _Restarts()
-    while not stopping.wait(0.5):
-        if shared is not None and not shared.alive() and not stopping.is_set():
-            delay = shared_restarts.next_delay()
-            logger.error("the shared language model (pid %d) exited with code %s: restarting it in %.0f s",
-                         shared.process.pid, shared.process.exitcode, delay)
+    if stopping.is_set():
+        return stop_all()
+    print(f"{ready_line} {config.serving.host}:{port}", flush=True)
+
+    def keep_running(what, exited, restart) -> None:
+        """Restart one child each time it dies, until the stop, in a thread of its own: a restart
+        that loads for seconds (or a model for a minute) holds up no other. `exited()` waits for
+        the child's end and says what ended; `restart()` raises RuntimeError when it fails (it is
+        then retried, with a doubling delay)."""
+        restarts = _Restarts()
+        while True:
+            ended = exited()
+            if stopping.is_set():
+                return
+            delay = restarts.next_delay()
+            logger.error("%s: restarting it in %.0f s", ended, delay)
             if stopping.wait(delay):
-                break
-            try:  # the loop waits for the load (seconds): processes that die meanwhile restart after it
-                shared.start()
-            except RuntimeError as e:  # the processes serve on; their posts wait for it
-                logger.error("%s; trying again", e)
-            shared_restarts.started()
-        for index, child in enumerate(children):
-            if child.poll() is None or stopping.is_set():
-                continue
-            delay = restarts[index].next_delay()
-            logger.error("server process %d (pid %d) exited with code %s: restarting it in %.0f s", index, child.pid,
-                         child.returncode, delay)
-            if stopping.wait(delay):
-                break
+                return
             try:
-                start(index, port)
+                restart()
             except RuntimeError as e:  # say, the artifacts on disk no longer load: the others keep serving
-                logger.error("%s; the other processes keep serving", e)
-            restarts[index].started()
+                logger.error("%s; %s", e, what)
+            restarts.started()
+            if stopping.is_set():  # stopped while it loaded, maybe before the stop could reach it
+                signal_all()
+
+    def process_exited(index: int) -> str:
+        child = children[index]
+        child.wait()
+        return f"server process {index} (pid {child.pid}) exited with code {child.returncode}"
+
+    def model_exited() -> str:
+        shared.process.join()
+        return f"the shared language model (pid {shared.process.pid}) exited with code {shared.process.exitcode}"
+
+    keepers = [threading.Thread(target=keep_running, name=f"keep-process-{index}", daemon=True,
+                                args=("the other processes keep serving", lambda i=index: process_exited(i),
+                                      lambda i=index: start(i, port)))
+               for index in range(processes)]
+    if shared is not None:  # not joined at the stop: the launcher's exit ends a model still loading
+        threading.Thread(target=keep_running, name="keep-model", daemon=True,
+                         args=("the processes serve on; their posts wait for it", model_exited, shared.start)).start()
+    for keeper in keepers:
+        keeper.start()
+    while not stopping.wait(0.5):
+        pass
+    signal_all()
+    for keeper in keepers:  # each ends once its process has (one restarting is signalled when it is up)
+        keeper.join()
     return stop_all()
 
 
