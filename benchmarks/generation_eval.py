@@ -6,8 +6,10 @@ single-stream vs batched in the same run.
 
 Each user's sources are a documented proxy for the ranker's top items (the service uses the
 ranker's): their three most recent ratings of 4 or more, newest first; interests are the two
-categories most frequent among their ratings of 4 or more. No value function is given to the
-critic (it needs the served ranker), so the critic score is the fluency term alone.
+categories most frequent among their ratings of 4 or more. With `--ranker-config` the critic
+scores candidates as the service does (the value model over the served ranker's predictions of
+each post, `FeedPipeline.score_posts`, from that config's trained artifacts); without it, by the
+fluency term alone.
 
 Writes benchmarks/results/generation_eval.json (figures) and generation_samples.md (10 posts with
 their sources) and prints a table.
@@ -16,6 +18,7 @@ their sources) and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,6 +34,7 @@ from tqdm import tqdm
 
 from feedcore.config import GenerationConfig
 from feedcore.datasets import DATASETS, load_dataset
+from generation.critic import Critic
 from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import PostRequest
@@ -115,6 +119,25 @@ def stream_latency(writer: PostWriter, requests: list[PostRequest]) -> dict:
             "post_ms_p50": float(np.median(total))}
 
 
+def served_value(config_path: str):
+    """The service's critic value: `FeedPipeline.score_posts` of the config's trained artifacts,
+    each candidate text embedded by all-MiniLM-L6-v2 as the service embeds posts."""
+    from feedcore.config import load_config
+    from feedcore.text import embed_texts, load_text_encoder
+    from serving.pipeline import FeedPipeline
+
+    engine = load_config(config_path)
+    pipeline = FeedPipeline.from_artifacts(dataclasses.replace(
+        engine, generation=dataclasses.replace(engine.generation, enabled=False)))
+    encoder = load_text_encoder()
+
+    def value(user_id: str, texts: list[str], sources) -> np.ndarray:
+        ids = tuple(s.item_id for s in sources)
+        return pipeline.score_posts(user_id, [ids] * len(texts), embed_texts(texts, encoder))
+
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-latest-small")
@@ -130,6 +153,9 @@ def main() -> None:
     parser.add_argument("--stream-users", type=int, default=4)
     parser.add_argument("--cache-dir", default=str(REPO / "artifacts" / "llm"))
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--ranker-config", default=None,
+                        help="an engine config with trained artifacts (configs/demo.toml after `make demo`): "
+                             "its ranker values the candidates, as in the service")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = GenerationConfig(threads=args.threads, max_new_tokens=args.max_new_tokens,
@@ -144,7 +170,8 @@ def main() -> None:
     lm = make_language_model(config, Path(args.cache_dir))
     load_s = time.perf_counter() - start
     guardrails = Guardrails(config.guardrails)
-    writer = PostWriter(lm, catalog, guardrails, config)
+    value_fn = None if args.ranker_config is None else served_value(args.ranker_config)
+    writer = PostWriter(lm, catalog, guardrails, config, Critic(lm, value_fn=value_fn))
 
     speed = decode_speed(lm, [build_prompt(r.sources, r.interests, "digest") for r in requests[:8]],
                          args.speed_tokens)
@@ -184,7 +211,8 @@ def main() -> None:
         "distinct_2_all": distinct_2([p.text for p in posts]),
         "distinct_2_model_written": distinct_2([p.text for p in model_posts]),
         "critic_score_mean_model_written": float(np.mean([p.score for p in model_posts])) if model_posts else None,
-        "critic_note": "no value_fn (needs the served ranker): score = 0.1 * mean token log-prob",
+        "critic_note": ("no value_fn: score = 0.1 * mean token log-prob" if value_fn is None else
+                        f"the value model of {args.ranker_config}'s served ranker + 0.1 * mean token log-prob"),
         "latency_per_post_ms": {"p50": float(np.percentile(per_post_ms, 50)),
                                 "p95": float(np.percentile(per_post_ms, 95)),
                                 "note": f"batch wall time / users in the batch ({config.batch_size} users, "
