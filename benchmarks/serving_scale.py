@@ -63,7 +63,7 @@ from feedcore.config import EngineConfig, load_config
 from feedcore.features import pad_histories
 from feedcore.io import atomic_path
 from feedcore.schemas import CanonicalDataset
-from retrieval.candidates import make_candidate_generator
+from retrieval.candidates import UserState, make_candidate_generator
 from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
@@ -236,10 +236,10 @@ def batching_and_recall(config: EngineConfig, directory: Path, users: int = 5) -
         user embedding, which gives every row its retrieval score, computed once, as served)."""
         start = time.perf_counter()
         history = pipeline.histories[u]
-        embedding = pipeline.user_embedding(u, history)
+        user = UserState(u, history, frozenset(), pipeline.user_embedding(u, history))
         for r in range(0, len(item), rows_per_call):
             rows = item[r : r + rows_per_call]
-            batch = pipeline.hydrate(u, rows, history, ["ann"] * len(rows), user_embedding=embedding)
+            batch = pipeline.hydrate(user, rows, ["ann"] * len(rows))
             pipeline.ranker(batch.dense, batch.sparse)
         return time.perf_counter() - start
 

@@ -259,7 +259,8 @@ class FeedPipeline:
         # 1. candidate sources (a cold user has no history: the fallback fills the list). The user
         # tower runs once: its embedding is the ANN query and the ranker's retrieval-score feature.
         embedding = self.user_embedding(request.user_id, history)
-        found = self.candidates.generate(UserState(request.user_id, history, seen, embedding))
+        user = UserState(request.user_id, history, seen, embedding)
+        found = self.candidates.generate(user)
         posts = {p.post.post_id: p for p in request.posts
                  if p.post.post_id not in seen and p.post.created_ms <= started_ms}
         candidates = found.plus(list(posts), POST_SOURCE, POST_CONTENT_TYPE)  # posts: their own source and type
@@ -275,8 +276,7 @@ class FeedPipeline:
             new_items = None if not ready else self._post_features(
                 [p.post.source_item_ids for p in ready], np.stack([p.text_embedding for p in ready]),
                 np.array([p.post.created_ms / 1000.0 for p in ready]), len(item_ids) - len(ready))
-            preds, values, order = self._rank(request, candidates, item, history, seen, timings, new_items,
-                                              request_ms=started_ms, user_embedding=embedding)
+            preds, values, order = self._rank(request, user, candidates, item, timings, new_items, started_ms)
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
@@ -305,16 +305,14 @@ class FeedPipeline:
         timings["total"] = _lap(t0)
         return FeedPage(items, next_cursor, self.model_version, timings, degraded)
 
-    def _rank(self, request: FeedRequest, candidates: Candidates, item: np.ndarray, history: np.ndarray,
-              seen: frozenset[str], timings: dict[str, float], new_items: NewItems | None = None,
-              request_ms: int = 0, user_embedding: np.ndarray | None = None):
-        """Task predictions, values and the blended order of the candidates (item indices `item`);
-        `new_items` carries the content of candidates outside the vocabulary (generated posts,
-        item index 0). `request_ms` is the time features read (the session's first page's, so
-        pages never shift)."""
+    def _rank(self, request: FeedRequest, user: UserState, candidates: Candidates, item: np.ndarray,
+              timings: dict[str, float], new_items: NewItems | None, request_ms: int):
+        """Task predictions, values and the blended order of the candidates (item indices `item`)
+        for `user`; `new_items` carries the content of candidates outside the vocabulary
+        (generated posts, item index 0). `request_ms` is the time features read (the session's
+        first page's, so pages never shift)."""
         item_ids = candidates.item_ids
-        preds = self._predict(request.user_id, item, history, candidates.sources, new_items, request_ms,
-                              user_embedding, timings)
+        preds = self._predict(user, item, candidates.sources, new_items, request_ms, timings)
         t3 = time.perf_counter()
         values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
         embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
@@ -322,18 +320,17 @@ class FeedPipeline:
             embeddings[new_items.rows] = new_items.embedding  # posts: their content embedding, not row 0
         order = blend(
             values, candidates.content_types, request.blend or self.serving.blend,
-            item_ids=item_ids, exclude=seen, creators=[self.creators.get(i) for i in item_ids],
+            item_ids=item_ids, exclude=user.seen, creators=[self.creators.get(i) for i in item_ids],
             embeddings=embeddings,
         )
         timings["blend"] = _lap(t3)
         return preds, values, order
 
-    def _predict(self, user_id: str, item: np.ndarray, history: np.ndarray, sources: list[str],
-                 new_items: NewItems | None, request_ms: int, user_embedding: np.ndarray | None,
-                 timings: dict[str, float]) -> dict[str, np.ndarray]:
+    def _predict(self, user: UserState, item: np.ndarray, sources: list[str], new_items: NewItems | None,
+                 request_ms: int, timings: dict[str, float]) -> dict[str, np.ndarray]:
         """Task → (B,) ranker predictions of B candidates: hydration, then the ranker (timed)."""
         t1 = time.perf_counter()
-        batch = self.hydrate(user_id, item, history, sources, new_items, request_ms, user_embedding)
+        batch = self.hydrate(user, item, sources, new_items, request_ms)
         timings["hydration"] = _lap(t1)
         t2 = time.perf_counter()
         preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if len(item) else {
@@ -354,7 +351,8 @@ class FeedPipeline:
         created = np.full(m, now) if created_ms is None else np.asarray(created_ms)
         history = self.histories.get(user_id, np.zeros(0, np.int64))
         new_items = self._post_features(source_item_ids, text_embeddings, created / 1000.0, first_row=0)
-        preds = self._predict(user_id, np.zeros(m, np.int64), history, [POST_SOURCE] * m, new_items, now, None, {})
+        preds = self._predict(UserState(user_id, history, frozenset()), np.zeros(m, np.int64), [POST_SOURCE] * m,
+                              new_items, now, {})
         return value_scores(preds, self.serving.weights_for(surface))
 
     def source_item(self, item_id: str) -> SourceItem:
@@ -374,18 +372,17 @@ class FeedPipeline:
         counts = collections.Counter(int(v) for v in values if v)
         return [c for c in (self.spec.categories.decode(v) for v, _ in counts.most_common(k)) if c]
 
-    def hydrate(self, user_id: str, item: np.ndarray, history: np.ndarray, sources: list[str],
-                new_items: NewItems | None = None, request_ms: int = 0,
-                user_embedding: np.ndarray | None = None) -> RankerBatch:
-        """The ranker's inputs for one request's B candidates (item indices `item`, found by
-        `sources`), by the training transform (`ranker_inputs`) at the request time;
-        `user_embedding` is `user_embedding(user_id, history)` when the caller has it."""
-        user = np.full(len(item), self.spec.users.encode_one(user_id), np.int64)
-        hist = np.repeat(pad_histories([history], self.spec.max_history), len(item), axis=0)
+    def hydrate(self, user: UserState, item: np.ndarray, sources: list[str], new_items: NewItems | None = None,
+                request_ms: int = 0) -> RankerBatch:
+        """The ranker's inputs for `user`'s B candidates (item indices `item`, found by `sources`),
+        by the training transform (`ranker_inputs`) at the request time; the user tower's
+        embedding is `user.embedding` when the caller computed it."""
+        users = np.full(len(item), self.spec.users.encode_one(user.user_id), np.int64)
+        hist = np.repeat(pad_histories([user.history], self.spec.max_history), len(item), axis=0)
         source = np.array([SOURCE_IDS.get(s, 0) for s in sources], np.int64)
-        return ranker_inputs(user, item, hist, self.item_features, source=source, new_items=new_items,
+        return ranker_inputs(users, item, hist, self.item_features, source=source, new_items=new_items,
                              features=self.ranker.args.features, event_time=np.full(len(item), request_ms / 1000.0),
-                             retrieval=self.retrieval_scorer, user_embedding=user_embedding)
+                             retrieval=self.retrieval_scorer, user_embedding=user.embedding)
 
     @torch.no_grad()
     def user_embedding(self, user_id: str, history: np.ndarray) -> np.ndarray | None:

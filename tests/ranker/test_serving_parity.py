@@ -39,6 +39,7 @@ def test_served_features_equal_the_training_transform_of_the_logged_request(feat
     from feedcore.prepare import load_training_inputs
     from ranker.data import examples_from_log
     from ranker.train import example_inputs, load_retrieval_scorer, with_text
+    from retrieval.candidates import UserState
     from serving.pipeline import FeedPipeline, FeedRequest
 
     config = featured_engine
@@ -53,8 +54,8 @@ def test_served_features_equal_the_training_transform_of_the_logged_request(feat
     sources = [i.source for i in page.items]
     request_ms = 1_700_000_000_000 + 14 * 3_600_000
     history = pipeline.histories[user_id]
-    served = pipeline.hydrate(user_id, pipeline.spec.items.encode(pl.Series(item_ids)), history, sources,
-                              request_ms=request_ms)
+    served = pipeline.hydrate(UserState(user_id, history, frozenset()), pipeline.spec.items.encode(pl.Series(item_ids)),
+                              sources, request_ms=request_ms)
 
     # The same request as the event log records it, turned into ranker examples by training's transform.
     log = pl.DataFrame({"user_id": [user_id] * len(item_ids), "item_id": item_ids, "request_id": ["r1"] * len(item_ids),
