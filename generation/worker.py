@@ -51,7 +51,8 @@ class GenerationWorker:
 
     @property
     def stats(self) -> Counter[str]:
-        """Counts so far: batches, posts, no_plan, written_elsewhere, plan_errors, write_errors."""
+        """Counts so far: batches, posts, no_plan, fresh (had a fresh post by the time it was
+        taken), written_elsewhere, plan_errors, write_errors."""
         with self._lock:
             return Counter(self._stats)
 
@@ -130,6 +131,9 @@ class GenerationWorker:
         requests = []
         for user_id in users:
             try:
+                if not self.cache.needs_post(user_id):  # written since it was queued (here, or by another process)
+                    self._count("fresh")
+                    continue
                 if not self.cache.claim(user_id):  # another process sharing the posts is writing it
                     self._count("written_elsewhere")
                     continue

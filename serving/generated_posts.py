@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -221,10 +221,10 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     posts.ground_in(current)
     posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:
-        metrics.watch_generation(lambda: writer.stats)
+        metrics.watch_generation(lambda: writer.stats + Counter({f"worker:{k}": n for k, n in posts.worker.stats.items()}))
     most_active = sorted(current.seen, key=lambda u: (-len(current.seen[u]), u))
     queued = posts.worker.warm(most_active)
-    logger.info("generation: %s ready, %d titles to ground posts in; writing posts for %d active users%s",
+    logger.info("generation: %s ready, %d titles to ground posts in; %d active users queued for posts%s",
                 lm.model_version, len(writer.catalog), queued,
                 f" (with the other processes; {received} of their posts received)" if shared_model else "")
     return posts

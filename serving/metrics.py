@@ -56,7 +56,8 @@ class ServiceMetrics:
             self.requests.labels(method, code.name).inc()
 
     def watch_generation(self, stats: Callable[[], CounterType[str]]) -> None:
-        """Export the post writer's counts ("method:<m>", "refused:<reason>") at every scrape."""
+        """Export the post writer's counts ("method:<m>", "refused:<reason>") and the background
+        worker's ("worker:<outcome>") at every scrape."""
         self.registry.register(_GenerationCollector(stats))
 
     def stage_timings(self, timings_ms: dict[str, float]) -> None:
@@ -77,7 +78,8 @@ class ServiceMetrics:
 
 
 class _GenerationCollector:
-    """feed_posts_written_total{method} and feed_posts_rejected_total{reason}, read from the writer."""
+    """feed_posts_written_total{method}, feed_posts_rejected_total{reason} (the writer's) and
+    feed_post_jobs_total{outcome} (the background worker's: posts, fresh, written_elsewhere, ...)."""
 
     def __init__(self, stats: Callable[[], CounterType[str]]) -> None:
         self.stats = stats
@@ -87,11 +89,11 @@ class _GenerationCollector:
                                       labels=["method"])
         rejected = CounterMetricFamily("feed_posts_rejected", "Generated outputs refused, by reason",
                                        labels=["reason"])
+        jobs = CounterMetricFamily("feed_post_jobs", "Users taken by the background post writer, by outcome",
+                                   labels=["outcome"])
+        families = {"method": written, "refused": rejected, "worker": jobs}
         for key, n in sorted(self.stats().items()):
             kind, _, label = key.partition(":")
-            if kind == "method":
-                written.add_metric([label], n)
-            elif kind == "refused":
-                rejected.add_metric([label], n)
-        yield written
-        yield rejected
+            if kind in families:
+                families[kind].add_metric([label], n)
+        yield from families.values()

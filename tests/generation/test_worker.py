@@ -45,6 +45,8 @@ def test_the_worker_fills_the_cache_and_survives_failures(parts, user_sources):
         assert [p.user_id for p in cache.ready("1")] == ["1"] and cache.ready("4") == []
         assert worker.stats["plan_errors"] == 1 and worker.stats["no_plan"] == 1
         assert worker.stats["batches"] == 1 and worker.stats["posts"] == 1
+        assert worker.request("1") and worker.wait_idle(timeout=300)  # its post is fresh: not written again
+        assert worker.stats["fresh"] == 1 and worker.stats["posts"] == 1
         worker.request("broken")
         assert worker.wait_idle(timeout=300)
         assert worker.stats["write_errors"] == 1

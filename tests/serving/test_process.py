@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -186,6 +188,12 @@ def _spawned_children(pid: int) -> list[int]:
     return out
 
 
+def _post_jobs(metrics_url: str) -> Counter:
+    """A process's background post writer outcomes (feed_post_jobs_total), from its metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return Counter({m: float(n) for m, n in re.findall(r'^feed_post_jobs_total\{outcome="(\w+)"\} (\S+)$', text, re.M)})
+
+
 def _log_per_connection(address: str, n: int, **event: str) -> int:
     """Log `event` (user 1's impression) on n channels, a connection each, which the kernel gives
     to either process; how many were accepted."""
@@ -213,9 +221,9 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
     starts its own), and a post either writes is known to both. The model and a process killed at
     once are each restarted (the new process waits for the model); the other process reconnects
     by itself, and posts are written and shared through the new model."""
-    config, stderr = _config(tmp_path, trained_engine, api_keys="['k']"), tmp_path / "server.log"
+    config, stderr = _config(tmp_path, trained_engine, api_keys="['k']", metrics_port="0"), tmp_path / "server.log"
     config.write_text(config.read_text() + f"[generation]\nenabled = true\ncache_dir = '{llm_cache_dir}'\n"
-                      "max_new_tokens = 8\nnum_candidates = 1\nmax_tries = 0\nwarm_users = 0\n")
+                      "max_new_tokens = 8\nnum_candidates = 1\nmax_tries = 0\nwarm_users = 2\n")
     launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
     pids, shared = {}, []
     try:
@@ -226,6 +234,15 @@ def test_generation_runs_one_language_model_for_all_processes(trained_engine, ll
         assert len(shared) == 1, stderr.read_text()[-3000:]  # one model, the launcher's
         assert all(_spawned_children(pid) == [] for pid in pids.values())  # none of the processes has its own
         assert stderr.read_text().count("generation: smollm2") == 2  # both processes write posts with it
+        # Both warm the same two most active users; each post is written once, by one of them.
+        metrics = re.findall(r"metrics (http://\S+/metrics)", stderr.read_text())
+        assert len(metrics) == 2
+        deadline = time.monotonic() + 120
+        while sum(_post_jobs(url).total() for url in metrics) < 4:  # each process has taken both users
+            assert time.monotonic() < deadline, [_post_jobs(url) for url in metrics]
+            time.sleep(0.5)
+        jobs = [_post_jobs(url) for url in metrics]
+        assert sum(j["posts"] for j in jobs) == 2 and sum(j["fresh"] + j["written_elsewhere"] for j in jobs) == 2, jobs
         posts = []
         for _ in range(3):  # connections land on either process; each writes through the one model
             final = _stream_post(line.split()[1])
