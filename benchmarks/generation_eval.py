@@ -119,7 +119,7 @@ def stream_latency(writer: PostWriter, requests: list[PostRequest]) -> dict:
             "post_ms_p50": float(np.median(total))}
 
 
-def served_value(config_path: str):
+def served_value(config_path: str, dataset: str):
     """The service's critic value: `FeedPipeline.score_posts` of the config's trained artifacts,
     each candidate text embedded by all-MiniLM-L6-v2 as the service embeds posts."""
     from feedcore.config import load_config
@@ -127,6 +127,8 @@ def served_value(config_path: str):
     from serving.pipeline import FeedPipeline
 
     engine = load_config(config_path)
+    if engine.data.dataset != dataset:
+        raise SystemExit(f"--ranker-config {config_path} serves dataset {engine.data.dataset!r}, not --dataset {dataset!r}")
     pipeline = FeedPipeline.from_artifacts(dataclasses.replace(
         engine, generation=dataclasses.replace(engine.generation, enabled=False)))
     encoder = load_text_encoder()
@@ -170,7 +172,7 @@ def main() -> None:
     lm = make_language_model(config, Path(args.cache_dir))
     load_s = time.perf_counter() - start
     guardrails = Guardrails(config.guardrails)
-    value_fn = None if args.ranker_config is None else served_value(args.ranker_config)
+    value_fn = None if args.ranker_config is None else served_value(args.ranker_config, args.dataset)
     writer = PostWriter(lm, catalog, guardrails, config, Critic(lm, value_fn=value_fn))
 
     speed = decode_speed(lm, [build_prompt(r.sources, r.interests, "digest") for r in requests[:8]],

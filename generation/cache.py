@@ -64,10 +64,13 @@ class PostCache:
 
     def put(self, post: GeneratedPost, age_s: float = 0.0) -> None:
         """Store a post for its user, written `age_s` seconds ago (0: just now; another process's
-        post arrives with its age, so it expires when it does there); the user is no longer stale."""
+        post arrives with its age, so it expires when it does there). A post new to the cache and
+        newer than the user's others makes the user fresh again (a copy or an older post does not)."""
         written = self.clock() - age_s
         with self._lock:
             entry = self._entries.pop(post.user_id, None) or _Entry([])
+            if all(p.post_id != post.post_id and t <= written for t, p in entry.posts):
+                entry.engagements, entry.stale = 0, False
             offered = [(written, post), *((t, p) for t, p in entry.posts if p.post_id != post.post_id)]
             offered.sort(key=lambda e: -e[0])  # newest first
             entry.posts = offered[: self.per_user]
@@ -75,7 +78,6 @@ class PostCache:
                 self._by_id.pop(dropped.post_id, None)
             for _, kept in entry.posts:
                 self._by_id[kept.post_id] = kept
-            entry.engagements, entry.stale = 0, False
             self._entries[post.user_id] = entry
             while len(self._entries) > self.max_users:
                 _, evicted = self._entries.popitem(last=False)
@@ -84,8 +86,11 @@ class PostCache:
 
     def claim(self, user_id: str) -> bool:
         """Whether this process is to write the user's background post now: always, for a cache
-        of its own (a `generation.remote.SharedPostCache` asks the processes it shares with)."""
+        of its own (a `generation.post_exchange.SharedPostCache` asks the processes it shares with)."""
         return True
+
+    def release(self, user_id: str) -> None:
+        """A claimed user's write ended without a post (nothing to release for a cache of its own)."""
 
     def ready(self, user_id: str) -> list[GeneratedPost]:
         """The user's unexpired posts, newest first ([] when none); never waits for generation."""

@@ -14,8 +14,7 @@ serving process itself (tests and notebooks that want one process). Under `feed 
 N` the launcher runs one model for all N processes (`serve_shared`, on a Unix socket with a key
 of its own), and each process connects to it (`ProcessLanguageModel.connect`) instead of
 starting one: one copy of the weights, and one decoder competing with the feed for the cores.
-The same connections carry the processes' posts (`PostExchange`, `SharedPostCache`): a post one
-process writes is served by all of them, and a user's background post is written once, not N times.
+The same connections carry the processes' posts (`generation.post_exchange`).
 """
 
 from __future__ import annotations
@@ -33,13 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from feedcore.config import GenerationConfig
-from generation.cache import PostCache
 from generation.interface import GeneratedPost, LanguageModel, Prompt
+from generation.post_exchange import REQUESTS, PostExchange
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0  # the first start converts the GGUF (~20 s on 2 cores; more on a busy machine)
-CLAIM_TIMEOUT_S = 600.0  # a claim to write a user's post that no post followed (a failed write) lapses
-EXCHANGE_METHODS = ("subscribe_posts", "claim_post", "publish_post")  # served by the `PostExchange`
 
 
 def _child(conn, config: GenerationConfig, cache_dir: str) -> None:
@@ -104,11 +101,13 @@ def _serve(conn: Connection, lm, exchange: PostExchange | None = None) -> None:
             if args[0] in cancelled:
                 cancelled[args[0]].set()
             continue
-        if method in EXCHANGE_METHODS:
-            if exchange is None:
-                send(("error", request_id, "RuntimeError: posts are exchanged only by a shared model"))
-            else:
-                send(("result", request_id, exchange.call(send, method, *args)))
+        if method in REQUESTS:
+            try:
+                if exchange is None:
+                    raise RuntimeError("posts are exchanged only by a shared model")
+                send(("result", request_id, exchange.call(send, method, args)))
+            except Exception as e:  # noqa: BLE001 (the caller raises it; the connection serves on)
+                send(("error", request_id, f"{type(e).__name__}: {e}"))
             continue
         cancelled[request_id] = threading.Event()
         threading.Thread(target=run, args=(request_id, method, args, kwargs), name=f"llm-{method}",
@@ -158,103 +157,6 @@ def _greet_and_serve(conn: Connection, lm, authkey: bytes, exchange: PostExchang
         conn.close()
         return
     _serve(conn, lm, exchange)
-
-
-class PostExchange:
-    """The posts of the server processes sharing one model (`serve_shared`), kept in the model's
-    process: a post one process writes (`publish_post`) is sent to every other subscribed process,
-    and a process that subscribes (at start, or after a restart) is sent every unexpired post, so
-    any process serves any user's post and resolves events logged against it. `claim_post` makes
-    one process, not each of them, write a user's background post.
-
-    Args:
-        config: the `[generation]` cache settings (`cache_ttl_s`, `posts_per_user`).
-        clock: seconds (monotonic); tests pass their own.
-
-    Members are connections, known by their `send` function; `leave` drops one and its claims.
-    """
-
-    def __init__(self, config: GenerationConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self.posts = PostCache(config, clock)
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._members: list[Callable[[tuple], None]] = []
-        self._claims: dict[str, tuple[Callable, float]] = {}  # user -> (member, claimed at)
-
-    def call(self, member: Callable[[tuple], None], method: str, *args):
-        if method == "subscribe_posts":
-            return self.subscribe(member)
-        if method == "claim_post":
-            return self.claim(member, *args)
-        return self.publish(member, *args)
-
-    def subscribe(self, member: Callable[[tuple], None]) -> int:
-        """Send `member` every post from now on and, first, those written so far; how many those were."""
-        with self._lock:
-            if member not in self._members:
-                self._members.append(member)
-        posts = self.posts.snapshot()  # after joining: a post published meanwhile arrives twice, never not at all
-        for post in posts:
-            member(("post", -1, post))
-        return len(posts)
-
-    def claim(self, member: Callable[[tuple], None], user_id: str) -> bool:
-        """True when `member` is to write the user's post: nobody else claimed it in the last
-        `CLAIM_TIMEOUT_S` without publishing one."""
-        now = self.clock()
-        with self._lock:
-            holder = self._claims.get(user_id)
-            if holder is not None and holder[0] != member and now - holder[1] < CLAIM_TIMEOUT_S:
-                return False
-            self._claims[user_id] = (member, now)
-            return True
-
-    def publish(self, member: Callable[[tuple], None], post: GeneratedPost) -> None:
-        """Keep `post` and send it to every other member (in a thread of its own: a member slow to
-        read holds up nobody); the user's claim ends."""
-        self.posts.put(post, post_age_s(post))
-        with self._lock:
-            self._claims.pop(post.user_id, None)
-            others = [m for m in self._members if m != member]
-        threading.Thread(target=lambda: [m(("post", -1, post)) for m in others], name="posts-out", daemon=True).start()
-
-    def leave(self, member: Callable[[tuple], None]) -> None:
-        with self._lock:
-            self._members = [m for m in self._members if m != member]
-            self._claims = {u: c for u, c in self._claims.items() if c[0] != member}
-
-
-def post_age_s(post: GeneratedPost) -> float:
-    """Seconds since `post` was written, by its wall-clock `created_ms` (0 when it has none)."""
-    return max(0.0, time.time() - post.created_ms / 1000.0) if post.created_ms else 0.0
-
-
-class SharedPostCache(PostCache):
-    """A server process's `PostCache` under a shared model: what it writes (`put`) is published to
-    the other processes through `lm` (a `ProcessLanguageModel.connect`-ed one), what they write
-    arrives in `receive`, and `claim` asks them before the background worker writes a post.
-
-    Publishing failures (the model's process restarting) are logged; the post stays served here.
-    """
-
-    def __init__(self, config: GenerationConfig, lm: ProcessLanguageModel, clock: Callable[[], float] = time.monotonic,
-                 **kwargs) -> None:
-        super().__init__(config, clock, **kwargs)
-        self.lm = lm
-
-    def put(self, post: GeneratedPost, age_s: float = 0.0) -> None:
-        super().put(post, age_s)
-        try:
-            self.lm.publish_post(post)
-        except RuntimeError as e:
-            logger.warning("post %s is served by this process only: publishing it failed (%s)", post.post_id, e)
-
-    def receive(self, post: GeneratedPost) -> None:
-        """Another process's post."""
-        super().put(post, post_age_s(post))
-
-    def claim(self, user_id: str) -> bool:
-        return self.lm.claim_post(user_id)
 
 
 def spawn_model_process(target, args: tuple, name: str, what: str, timeout_s: float = START_TIMEOUT_S):
@@ -327,6 +229,7 @@ class ProcessLanguageModel:
 
     def _attach(self, conn, model_version: str) -> None:
         self._on_post: Callable[[GeneratedPost], None] | None = None
+        self._known_posts: Callable[[], list[GeneratedPost]] = list
         self._conn = conn
         self.model_version: str = model_version
         self._ids = itertools.count()
@@ -372,16 +275,23 @@ class ProcessLanguageModel:
 
     # -- a shared model's post exchange (`PostExchange`) --
 
-    def subscribe_posts(self, on_post: Callable[[GeneratedPost], None]) -> int:
-        """Call `on_post(post)` (in the reply reader's thread) with each post another process
-        publishes, and now with every unexpired one published so far (how many); again after a
-        reconnect. A shared model's only, as are the two below."""
-        self._on_post = on_post
-        return self._result("subscribe_posts")
+    def subscribe_posts(self, on_post: Callable[[GeneratedPost], None],
+                        known: Callable[[], list[GeneratedPost]]) -> int:
+        """Hand the exchange the posts this process has (`known()`), then call `on_post(post)`
+        (in the reply reader's thread: it must not block) with each post another process
+        publishes, first with those this process lacks (how many); again after each reconnect.
+        A shared model's only, as are the three below."""
+        self._on_post, self._known_posts = on_post, known
+        return self._result("subscribe_posts", known())
 
-    def claim_post(self, user_id: str) -> bool:
-        """True when this process is to write the user's background post (no other is)."""
-        return self._result("claim_post", user_id)
+    def claim_post(self, user_id: str, known_ms: int) -> bool:
+        """True when this process is to write the user's background post: no other is, and none
+        newer than its own newest (written at `known_ms`, 0 for none) is on its way here."""
+        return self._result("claim_post", user_id, known_ms)
+
+    def release_post(self, user_id: str) -> None:
+        """This process's claimed write of the user's post ended without one."""
+        self._result("release_post", user_id)
 
     def publish_post(self, post: GeneratedPost) -> None:
         """Send `post` to every other subscribed process."""
@@ -423,8 +333,8 @@ class ProcessLanguageModel:
         self._conn, self.model_version = conn, version
         self._reader = threading.Thread(target=self._read, name="llm-replies", daemon=True)
         self._reader.start()
-        if self._on_post is not None:  # the restarted server knows nobody: subscribe again (no reply awaited)
-            self._conn.send((next(self._ids), "subscribe_posts", (), {}))
+        if self._on_post is not None:  # the restarted server knows nobody and no post: subscribe again
+            self._conn.send((next(self._ids), "subscribe_posts", (self._known_posts(),), {}))  # no reply awaited
 
     def _keep_connected(self, lost: threading.Thread) -> None:
         """After the shared server's connection is lost: reconnect as soon as the launcher has
@@ -441,6 +351,9 @@ class ProcessLanguageModel:
                     self._reconnect()
                     return
                 except (ModelUnavailable, OSError):  # not back yet
+                    delay = min(5.0, 2 * delay)
+                except Exception:  # noqa: BLE001 (keep trying: the processes' posts depend on it)
+                    logger.exception("reconnecting to the shared language model failed")
                     delay = min(5.0, 2 * delay)
 
     def _call(self, method: str, *args) -> tuple[int, queue.Queue]:
@@ -498,7 +411,6 @@ class ProcessLanguageModel:
             if self._address is not None and self._on_post is not None:  # shared, not closed, subscribed
                 threading.Thread(target=self._keep_connected, args=(threading.current_thread(),),
                                  name="llm-reconnect", daemon=True).start()
-
 
     def _receive_post(self, post: GeneratedPost) -> None:
         if self._on_post is None:

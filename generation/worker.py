@@ -1,9 +1,11 @@
 """The background worker that writes posts ahead of time and fills the `PostCache`.
 
 One daemon thread takes user ids from a queue (deduplicated: a user queued or being written is
-not queued again), asks the injected `plan(user_id)` what to write from, writes posts for up to
-`batch_size` users at once with the `PostGenerator` and puts them in the cache. A failing `plan`
-or `write` is logged and counted (`GenerationWorker.stats`) and never stops the thread.
+not queued again), skips those whose post is fresh by then or whose claim the cache refuses (a
+`generation.post_exchange.SharedPostCache`: another process writes it), asks the injected
+`plan(user_id)` what to write from, writes posts for up to `batch_size` users at once with the
+`PostGenerator` and puts them in the cache. A failing `plan` or `write` is logged and counted
+(`GenerationWorker.stats`) and never stops the thread.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class GenerationWorker:
     @property
     def stats(self) -> Counter[str]:
         """Counts so far: batches, posts, no_plan, fresh (had a fresh post by the time it was
-        taken), written_elsewhere, plan_errors, write_errors."""
+        taken), written_elsewhere (claimed by another process), claim_errors, plan_errors,
+        write_errors."""
         with self._lock:
             return Counter(self._stats)
 
@@ -128,28 +131,45 @@ class GenerationWorker:
             self._idle.notify_all()
 
     def _write(self, users: list[str]) -> None:
-        requests = []
-        for user_id in users:
-            try:
+        claimed: set[str] = set()
+        try:
+            requests = []
+            for user_id in users:
                 if not self.cache.needs_post(user_id):  # written since it was queued (here, or by another process)
                     self._count("fresh")
                     continue
-                if not self.cache.claim(user_id):  # another process sharing the posts is writing it
+                try:
+                    mine = self.cache.claim(user_id)
+                except Exception:
+                    self._count("claim_errors")
+                    logger.exception("claiming the post of user %s failed", user_id)
+                    continue
+                if not mine:  # another process sharing the posts is writing it, or has
                     self._count("written_elsewhere")
                     continue
-                planned = self.plan(user_id)
+                claimed.add(user_id)
+                try:
+                    planned = self.plan(user_id)
+                except Exception:
+                    self._count("plan_errors")
+                    logger.exception("planning the post of user %s failed", user_id)
+                    continue
                 if planned is None:
                     self._count("no_plan")
                     continue
                 sources, interests = planned
                 requests.append(PostRequest(user_id, tuple(sources), self.surface, tuple(interests)))
-            except Exception:
-                self._count("plan_errors")
-                logger.exception("planning the post of user %s failed", user_id)
-        if not requests:
-            return
-        posts = self.writer.write(requests)
-        for post in posts:
-            self.cache.put(post)
-        self._count("batches")
-        self._count("posts", len(posts))
+            if not requests:
+                return
+            posts = self.writer.write(requests)
+            for post in posts:
+                self.cache.put(post)  # a shared cache's publish ends the claim
+                claimed.discard(post.user_id)
+            self._count("batches")
+            self._count("posts", len(posts))
+        finally:
+            for user_id in claimed:  # claimed, but no post came of it: others may write it
+                try:
+                    self.cache.release(user_id)
+                except Exception:  # noqa: BLE001 (a claim not released lapses at the exchange)
+                    logger.exception("releasing the claim on user %s's post failed", user_id)

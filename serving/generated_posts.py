@@ -20,6 +20,7 @@ and posts are checked against the catalogue of the pipeline serving when they ar
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -34,7 +35,8 @@ from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import GeneratedPost, PostRequest, SourceItem
 from generation.llm import make_language_model
-from generation.remote import START_TIMEOUT_S, ProcessLanguageModel, SharedPostCache
+from generation.post_exchange import SharedPostCache
+from generation.remote import START_TIMEOUT_S, ProcessLanguageModel
 from generation.worker import GenerationWorker
 from generation.writer import PostWriter
 from serving.metrics import ServiceMetrics
@@ -104,6 +106,7 @@ class GeneratedPosts:
         self.writer, self.cache, self.worker = writer, cache, worker
         self._grounded_in: FeedPipeline | None = None  # the pipeline whose catalogue the writer checks against
         self._lock = threading.Lock()
+        self._received: queue.Queue | None = None  # texts of posts from other processes, to embed
 
     # -- what posts are written from, and how the feed would value them --
 
@@ -157,10 +160,25 @@ class GeneratedPosts:
             self.worker.request(user_id)
 
     def receive(self, post: GeneratedPost) -> None:
-        """A post another server process wrote (`SharedPostCache`): cached (events logged against
-        it resolve at once), then embedded, so the GetFeed that serves it rarely embeds it itself."""
+        """A post another server process wrote (`SharedPostCache`), from the model connection's
+        reader, which must not wait: cached at once (events logged against it resolve), embedded
+        in a thread of its own, so the GetFeed that serves it rarely embeds it itself."""
         self.cache.receive(post)
-        self.text_embeddings([post.text])
+        with self._lock:
+            if self._received is None:
+                self._received = queue.Queue()
+                threading.Thread(target=self._embed_received, name="posts-in", daemon=True).start()
+        self._received.put(post.text)
+
+    def _embed_received(self) -> None:
+        while True:
+            texts = [self._received.get()]
+            while len(texts) < 64 and not self._received.empty():
+                texts.append(self._received.get())
+            try:
+                self.text_embeddings(texts)
+            except Exception:  # noqa: BLE001 (the thread must outlive any one batch; GetFeed embeds what is missing)
+                logger.exception("embedding %d received posts failed", len(texts))
 
     def lookup(self, post_id: str) -> GeneratedPost | None:
         return self.cache.get(post_id)
@@ -217,7 +235,7 @@ def make_generated_posts(engine: EngineConfig, pipeline: Callable[[], FeedPipeli
     writer = PostWriter(lm, Catalog(()), Guardrails(config.guardrails), config, Critic(lm, value_fn=posts.value))
     posts.writer, posts.cache = writer, cache
     # Under a shared model, the posts the other processes wrote so far, then each one they write.
-    received = lm.subscribe_posts(posts.receive) if shared_model is not None else 0
+    received = lm.subscribe_posts(posts.receive, cache.snapshot) if shared_model is not None else 0
     posts.ground_in(current)
     posts.worker = GenerationWorker(EmbeddingWriter(writer, posts.text_embeddings), cache, posts.plan, config).start()
     if metrics is not None:

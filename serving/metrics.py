@@ -8,7 +8,9 @@ Each server has its own registry, so several servers (tests) can live in one pro
 - ``feed_events_logged_total{event}``: events durably logged by LogEvents;
 - ``feed_posts_written_total{method}``: generated posts by how they passed the checks (model,
   repaired, template); ``feed_posts_rejected_total{reason}``: model outputs refused (grounding,
-  guardrails), by reason; ``feed_posts_served_total``: generated posts put on feed pages.
+  guardrails), by reason; ``feed_posts_served_total``: generated posts put on feed pages;
+  ``feed_post_jobs_total{outcome}``: users the background writer took, by outcome (posts, fresh,
+  written_elsewhere when another process of the launcher writes it, no_plan, errors).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ in their environment), so N processes hold one copy of the weights and one decod
 cores with the feed, instead of N. It is restarted like a process when it dies (each child is
 watched and restarted in a thread of its own, so one loading holds up no other); the processes
 reconnect by themselves, and one that starts meanwhile waits for it. It also carries the
-processes' posts (`generation.remote.PostExchange`): any process serves a post another wrote.
+processes' posts (`generation.post_exchange`): any process serves a post another wrote.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -153,12 +154,16 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
                **(shared.environ if shared is not None else {})}
     stopping = threading.Event()
     children: list[subprocess.Popen | None] = [None] * processes
+    starting = threading.RLock()  # a start and a stop's signal never cross (re-entrant: the signal handler's thread starts too)
 
     def start(index: int, bind_port: int) -> int:
         """Start process `index` (into `children`, so a stop reaches it while it loads) and wait
         for its ready line; returns its port."""
-        child = children[index] = subprocess.Popen(command(index, bind_port), stdout=subprocess.PIPE, text=True,
-                                                   env=environ)
+        with starting:
+            if stopping.is_set():
+                raise RuntimeError(f"not starting server process {index}: stopping")
+            child = children[index] = subprocess.Popen(command(index, bind_port), stdout=subprocess.PIPE,
+                                                       text=True, env=environ)
         for line in child.stdout:  # its log goes to our stderr; stdout carries the ready line
             if line.startswith(ready_line):
                 threading.Thread(target=_forward, args=(child.stdout,), daemon=True).start()
@@ -167,9 +172,10 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         raise RuntimeError(f"server process {index} exited before serving (code {child.wait()})")
 
     def signal_all() -> None:
-        for child in children:
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        with starting:
+            for child in children:
+                if child is not None and child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
 
     def stop_all() -> int:
         signal_all()
@@ -203,11 +209,11 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         return stop_all()
     print(f"{ready_line} {config.serving.host}:{port}", flush=True)
 
-    def keep_running(what, exited, restart) -> None:
+    def keep_running(exited: Callable[[], str], restart: Callable[[], object], meanwhile: str) -> None:
         """Restart one child each time it dies, until the stop, in a thread of its own: a restart
         that loads for seconds (or a model for a minute) holds up no other. `exited()` waits for
-        the child's end and says what ended; `restart()` raises RuntimeError when it fails (it is
-        then retried, with a doubling delay)."""
+        the child's end and says what ended; a `restart()` that fails is logged (with what goes
+        on `meanwhile`) and retried, with a doubling delay."""
         restarts = _Restarts()
         while True:
             ended = exited()
@@ -219,11 +225,12 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
                 return
             try:
                 restart()
-            except RuntimeError as e:  # say, the artifacts on disk no longer load: the others keep serving
-                logger.error("%s; %s", e, what)
+            except RuntimeError as e:  # say, the artifacts on disk no longer load
+                if not stopping.is_set():
+                    logger.error("%s; %s", e, meanwhile)
+            except Exception:  # noqa: BLE001 (say, no memory to fork: this thread must go on watching)
+                logger.exception("restarting failed; %s", meanwhile)
             restarts.started()
-            if stopping.is_set():  # stopped while it loaded, maybe before the stop could reach it
-                signal_all()
 
     def process_exited(index: int) -> str:
         child = children[index]
@@ -235,12 +242,12 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         return f"the shared language model (pid {shared.process.pid}) exited with code {shared.process.exitcode}"
 
     keepers = [threading.Thread(target=keep_running, name=f"keep-process-{index}", daemon=True,
-                                args=("the other processes keep serving", lambda i=index: process_exited(i),
-                                      lambda i=index: start(i, port)))
+                                args=(lambda i=index: process_exited(i), lambda i=index: start(i, port),
+                                      "the other processes keep serving"))
                for index in range(processes)]
     if shared is not None:  # not joined at the stop: the launcher's exit ends a model still loading
         threading.Thread(target=keep_running, name="keep-model", daemon=True,
-                         args=("the processes serve on; their posts wait for it", model_exited, shared.start)).start()
+                         args=(model_exited, shared.start, "the processes serve on; their posts wait for it")).start()
     for keeper in keepers:
         keeper.start()
     while not stopping.wait(0.5):

@@ -117,6 +117,10 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         if not self._feed_slots.acquire(timeout=context.time_remaining()):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited to be served")
         try:
+            remaining = context.time_remaining()
+            if not context.is_active() or (remaining is not None and remaining <= 0):  # the slot came just too late
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "the request's deadline passed while it waited to be served")
             return self.pipeline.get_feed(request)
         finally:
             self._feed_slots.release()

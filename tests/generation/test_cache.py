@@ -1,6 +1,5 @@
 """PostCache: time to live, staleness after engagements, posts kept per user, lookup by id; posts
-arriving with an age (another process's) and the snapshot that catches another cache up; the post
-exchange's claims (generation.remote.PostExchange)."""
+arriving with an age (another process's) and the snapshot that catches another cache up."""
 
 from __future__ import annotations
 
@@ -87,29 +86,17 @@ def test_a_snapshot_rebuilds_the_ready_posts_in_another_cache():
     assert cache.claim("a")  # a cache of its own always writes its users' posts
 
 
-def test_the_post_exchange_gives_each_user_one_writer_until_a_post_or_a_timeout():
-    from generation.remote import CLAIM_TIMEOUT_S, PostExchange
-
+def test_only_a_new_newest_post_makes_a_stale_user_fresh():
     clock = Clock()
-    exchange = PostExchange(GenerationConfig(), clock=clock)
-    first, second = [], []
-    exchange.subscribe(first.append)
-    assert exchange.claim(first.append, "u") and exchange.claim(first.append, "u")  # its own claim again
-    assert not exchange.claim(second.append, "u")  # being written by the first
-    assert exchange.claim(second.append, "v")
-    exchange.leave(second.append)  # a process gone: its claims go with it
-    assert exchange.claim(first.append, "v")
-    clock.now += CLAIM_TIMEOUT_S
-    assert exchange.claim(second.append, "u")  # the first never published: its claim lapsed
-    exchange.publish(second.append, _post("u", 1))  # ends the claim, and reaches the first
-    assert exchange.claim(first.append, "u")
-    late = []
-    assert exchange.subscribe(late.append) == 1 and late == [("post", -1, _post("u", 1))]
-    for _ in range(100):
-        if first:
-            break
-        threading.Event().wait(0.05)  # the exchange sends in a thread of its own
-    assert first == [("post", -1, _post("u", 1))]
+    cache = PostCache(GenerationConfig(refresh_after_events=1, posts_per_user=2), clock=clock)
+    cache.put(_post("u", 1))
+    assert cache.note_engagement("u") and cache.needs_post("u")
+    cache.put(_post("u", 1))  # the same post again (another process's copy): still stale
+    cache.put(_post("u", 0), age_s=5.0)  # an older one: still stale
+    assert cache.needs_post("u")
+    clock.now += 1.0
+    cache.put(_post("u", 2))
+    assert not cache.needs_post("u")
 
 
 def test_least_recently_written_users_are_dropped_beyond_capacity():

@@ -124,30 +124,42 @@ def test_processes_on_a_shared_model_exchange_their_posts_and_keep_them_across_i
     now_ms = int(time.time() * 1000)
     u1, v2 = (GeneratedPost(f"gen:{user}:{n}", user, f"Post {n}.", ("1", "2"), "m", "v1/digest", created_ms=now_ms)
               for user, n in (("u", 1), ("v", 2)))
-
     server = start()
     try:
         first, second = ProcessLanguageModel.connect(address, key), ProcessLanguageModel.connect(address, key)
-        got_first, got_second = [], []
-        assert first.subscribe_posts(got_first.append) == 0 and second.subscribe_posts(got_second.append) == 0
-        assert first.claim_post("u") and not second.claim_post("u")  # one writer for a user's post
+        written, got_first, got_second = [], [], []  # the first's own posts; what each received
+        assert first.subscribe_posts(got_first.append, lambda: list(written)) == 0
+        assert second.subscribe_posts(got_second.append, lambda: list(got_second)) == 0
+        assert first.claim_post("u", 0) and not second.claim_post("u", 0)  # one writer for a user's post
+        written.append(u1)
         first.publish_post(u1)
         assert _wait_for(lambda: got_second == [u1]) and got_first == []  # not sent back to its writer
-        assert second.claim_post("u")  # the post ended the claim
+        assert not second.claim_post("u", 0)  # a post it had not seen yet came: no copy to write
+        assert second.claim_post("u", u1.created_ms)  # it has seen it: a rewrite (say, stale) is its to make
+        second.release_post("u")
         late, got_late = ProcessLanguageModel.connect(address, key), []
-        assert late.subscribe_posts(got_late.append) == 1 and got_late == [u1]  # caught up at once
+        assert late.subscribe_posts(got_late.append, list) == 1 and got_late == [u1]  # caught up at once
         late.close()
 
         server.kill()
         server.join()
+        waiting: list = []  # a process starting while the model is down waits for it
+        connecting = threading.Thread(target=lambda: waiting.append(ProcessLanguageModel.connect(address, key, 120)))
+        connecting.start()
+        time.sleep(1.0)
         server = start()  # the launcher's restart: an empty exchange at the same address
-        # Both reconnect and subscribe again on their own, without a call.
-        assert _wait_for(lambda: first._reader.is_alive() and second._reader.is_alive())
-        assert _wait_for(lambda: second.claim_post("v") is not None)
+        connecting.join(120)
+        assert waiting and waiting[0].model_version == first.model_version
+        # The first and second reconnect and subscribe again by themselves, handing over their
+        # posts, so a post from before the restart reaches a process that subscribes after it.
+        got_new: list = []
+        waiting[0].subscribe_posts(got_new.append, list)  # caught up now, or sent it when they hand it over
+        assert _wait_for(lambda: got_new == [u1]), got_new
+        assert _wait_for(lambda: first._reader.is_alive())
         first.publish_post(v2)
-        assert _wait_for(lambda: got_second[-1:] == [v2]), got_second
-        first.close()
-        second.close()
+        assert _wait_for(lambda: got_second[-1:] == [v2] and got_new[-1:] == [v2]), (got_second, got_new)
+        for lm in (first, second, waiting[0]):
+            lm.close()
     finally:
         server.kill()
         server.join()

@@ -82,3 +82,40 @@ def test_a_feed_read_never_waits_for_generation(parts, user_sources):
     finally:
         release.set()
         worker.stop(timeout=60)
+
+
+class ClaimedCache(PostCache):
+    """A cache whose users other processes may have claimed (as `SharedPostCache` asks its
+    exchange): `taken` are refused; every claim and release is recorded."""
+
+    def __init__(self, config, taken: set[str]) -> None:
+        super().__init__(config)
+        self.taken, self.claims, self.releases = taken, [], []
+
+    def claim(self, user_id: str) -> bool:
+        self.claims.append(user_id)
+        return user_id not in self.taken
+
+    def release(self, user_id: str) -> None:
+        self.releases.append(user_id)
+
+
+def test_a_user_claimed_elsewhere_is_skipped_and_a_claim_without_a_post_is_released(lm, catalog, user_sources):
+    writer = PostWriter(lm, catalog, Guardrails(GuardrailConfig()), WORKER_CONFIG)
+    cache = ClaimedCache(WORKER_CONFIG, taken={"2"})
+
+    def plan(user_id):
+        if user_id == "boom":
+            raise RuntimeError("ranker unavailable")
+        return None if user_id == "none" else (list(user_sources(user_id)), [])
+
+    worker = GenerationWorker(writer, cache, plan, WORKER_CONFIG).start()
+    try:
+        for user in ("1", "2", "none", "boom"):
+            worker.request(user)
+        assert worker.wait_idle(timeout=300)
+        assert worker.stats["written_elsewhere"] == 1 and worker.stats["posts"] == 1 and cache.ready("2") == []
+        assert sorted(cache.claims) == ["1", "2", "boom", "none"]
+        assert sorted(cache.releases) == ["boom", "none"]  # "1" has its post; "2" was never its claim
+    finally:
+        worker.stop(timeout=60)
