@@ -8,6 +8,7 @@ means "unknown" (and padding): ids seen only at serving time map there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -258,17 +259,11 @@ class ItemFeatures:
         total[known] = np.log1p(counts).astype(np.float32)
         return total
 
-    @property
+    @functools.cached_property  # computed on first use (it writes the instance dict, which a frozen dataclass allows)
     def _event_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        # Cached on first use (the frozen dataclass allows it through object.__setattr__).
-        try:
-            return self.__dict__["_cached_event_keys"]
-        except KeyError:
-            distinct = np.unique(self.event_times)
-            owner = np.repeat(np.arange(len(self.event_offsets) - 1, dtype=np.int64), np.diff(self.event_offsets))
-            cached = (owner * (len(distinct) + 1) + np.searchsorted(distinct, self.event_times), distinct)
-            object.__setattr__(self, "_cached_event_keys", cached)
-            return cached
+        distinct = np.unique(self.event_times)
+        owner = np.repeat(np.arange(len(self.event_offsets) - 1, dtype=np.int64), np.diff(self.event_offsets))
+        return owner * (len(distinct) + 1) + np.searchsorted(distinct, self.event_times), distinct
 
     def categories_of(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lengths (B,) and concatenated values of the categories of `item_index` (B,)."""

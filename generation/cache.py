@@ -101,6 +101,10 @@ class PostCache:
                 return []
             return [p for t, p in entry.posts if now - t < self.ttl_s]
 
+    def newest_ms(self, user_id: str) -> int:
+        """The wall-clock `created_ms` of the user's newest unexpired post (0 for none)."""
+        return max((p.created_ms for p in self.ready(user_id)), default=0)
+
     def snapshot(self) -> list[GeneratedPost]:
         """Every unexpired post, oldest first: what another cache is sent to catch up."""
         now = self.clock()

@@ -110,7 +110,7 @@ class PostExchange:
         live claim on it, and no post newer than its newest (written at `known_ms`, 0 for none)
         is on its way to it."""
         now = self.clock()
-        newest = max((p.created_ms for p in self.posts.ready(user_id)), default=0)
+        newest = self.posts.newest_ms(user_id)
         with self._lock:
             if len(self._claims) > 1000:  # lapsed claims of writers that hung
                 self._claims = {u: c for u, c in self._claims.items() if now - c[1] < CLAIM_TIMEOUT_S}
@@ -185,7 +185,7 @@ class SharedPostCache(PostCache):
         super().put(post, post_age_s(post))
 
     def claim(self, user_id: str) -> bool:
-        return self.lm.claim_post(user_id, max((p.created_ms for p in self.ready(user_id)), default=0))
+        return self.lm.claim_post(user_id, self.newest_ms(user_id))
 
     def release(self, user_id: str) -> None:
         self.lm.release_post(user_id)

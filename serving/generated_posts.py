@@ -20,10 +20,10 @@ and posts are checked against the catalogue of the pipeline serving when they ar
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -106,7 +106,8 @@ class GeneratedPosts:
         self.writer, self.cache, self.worker = writer, cache, worker
         self._grounded_in: FeedPipeline | None = None  # the pipeline whose catalogue the writer checks against
         self._lock = threading.Lock()
-        self._received: queue.Queue | None = None  # texts of posts from other processes, to embed
+        # Embeds the posts other processes write (its thread starts with the first one).
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posts-in")
 
     # -- what posts are written from, and how the feed would value them --
 
@@ -164,21 +165,7 @@ class GeneratedPosts:
         reader, which must not wait: cached at once (events logged against it resolve), embedded
         in a thread of its own, so the GetFeed that serves it rarely embeds it itself."""
         self.cache.receive(post)
-        with self._lock:
-            if self._received is None:
-                self._received = queue.Queue()
-                threading.Thread(target=self._embed_received, name="posts-in", daemon=True).start()
-        self._received.put(post.text)
-
-    def _embed_received(self) -> None:
-        while True:
-            texts = [self._received.get()]
-            while len(texts) < 64 and not self._received.empty():
-                texts.append(self._received.get())
-            try:
-                self.text_embeddings(texts)
-            except Exception:  # noqa: BLE001 (the thread must outlive any one batch; GetFeed embeds what is missing)
-                logger.exception("embedding %d received posts failed", len(texts))
+        self._embedder.submit(self.text_embeddings, [post.text])  # a failure leaves it to GetFeed to embed
 
     def lookup(self, post_id: str) -> GeneratedPost | None:
         return self.cache.get(post_id)
@@ -207,6 +194,7 @@ class GeneratedPosts:
             close()
         if self.worker is not None:
             self.worker.stop(timeout_s)  # a daemon thread: an in-process model is not waited for
+        self._embedder.shutdown(wait=False, cancel_futures=True)
 
 
 def grounding_catalog(pipeline: FeedPipeline) -> Catalog:

@@ -114,16 +114,17 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         gets DEADLINE_EXCEEDED (its client has given up) and costs nothing more."""
         if self._feed_slots is None:
             return self.pipeline.get_feed(request)
-        if not self._feed_slots.acquire(timeout=context.time_remaining()):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline passed while it waited to be served")
+        acquired = self._feed_slots.acquire(timeout=context.time_remaining())
         try:
             remaining = context.time_remaining()
-            if not context.is_active() or (remaining is not None and remaining <= 0):  # the slot came just too late
+            # Not served: no slot in time, or one that came just after the deadline (or the client left).
+            if not acquired or not context.is_active() or (remaining is not None and remaining <= 0):
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                               "the request's deadline passed while it waited to be served")
             return self.pipeline.get_feed(request)
         finally:
-            self._feed_slots.release()
+            if acquired:
+                self._feed_slots.release()
 
     def _log_events(self, request_iterator, context: grpc.ServicerContext) -> feed_pb2.LogEventsResponse:
         self._authenticate(context)

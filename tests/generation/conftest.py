@@ -14,6 +14,16 @@ from feedcore.config import GenerationConfig
 TEST_CONFIG = GenerationConfig(threads=2, max_new_tokens=20, num_candidates=2, max_tries=1, batch_size=4)
 
 
+class Clock:
+    """A clock the tests move by hand (seconds), for caches and the post exchange."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture(scope="session")
 def llm_cache(tmp_path_factory):
     """(cache dir, converted folder, whether this call converted): the GGUF is converted once."""

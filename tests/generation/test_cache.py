@@ -8,18 +8,11 @@ import threading
 from feedcore.config import GenerationConfig
 from generation.cache import PostCache
 from generation.interface import GeneratedPost
+from tests.generation.conftest import Clock
 
 
 def _post(user: str, n: int) -> GeneratedPost:
     return GeneratedPost(f"gen:{user}:{n}", user, f"Post {n}.", ("1", "2"), "m", "v1/digest")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_posts_expire_after_the_ttl():

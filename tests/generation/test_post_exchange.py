@@ -10,14 +10,7 @@ import time
 from feedcore.config import GenerationConfig
 from generation.interface import GeneratedPost
 from generation.post_exchange import CLAIM_TIMEOUT_S, PostExchange
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.generation.conftest import Clock
 
 
 class Member:
