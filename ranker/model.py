@@ -236,19 +236,19 @@ class CustomizedGateControl(nn.Module):
         self.experts = nn.Linear(width, self.num_experts * hidden, device=device)
         self.register_load_state_dict_pre_hook(_stack_expert_layers)
         self.gates = nn.Linear(width, num_tasks * (num_shared + num_per_task), device=device)
-        # Task t's gate sees the shared experts, then its own: indices into the stacked experts.
-        index = [list(range(num_shared)) + [num_shared + t * num_per_task + j for j in range(num_per_task)]
-                 for t in range(num_tasks)]
-        self.register_buffer("expert_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
+        # Task t's gate sees the shared experts (0..S-1), then its own (S + t*P .. S + (t+1)*P - 1): the
+        # layout is fixed by the sizes above, so no index tensor exists for a wrapper to drop.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = torch.relu(self.experts(x)).view(x.shape[0], self.num_experts, self.hidden)  # (B, E, H)
-        gates = self.gates(x).view(x.shape[0], self.num_tasks, -1).softmax(dim=-1)  # (B, T, Eg)
-        if self.num_per_task:  # PLE: each task's gate spread over all E experts, 0 for those it does not see
-            gates = gates.new_zeros(x.shape[0], self.num_tasks, self.num_experts).scatter_(
-                2, self.expert_index.expand(x.shape[0], -1, -1), gates)
-        # (B, T, E) @ (B, E, H): one batched matmul (gathering the experts per task first costs 20x more here).
-        return torch.bmm(gates, outputs)
+        b, s = x.shape[0], self.num_shared
+        outputs = torch.relu(self.experts(x)).view(b, self.num_experts, self.hidden)  # (B, E, H)
+        gates = self.gates(x).view(b, self.num_tasks, -1).softmax(dim=-1)  # (B, T, S + P)
+        # (B, T, S) @ (B, S, H): one batched matmul over the shared experts for every task.
+        mixed = torch.bmm(gates[:, :, :s].contiguous(), outputs[:, :s])  # (B, T, H)
+        if self.num_per_task:  # PLE: plus each task's gated mixture of the experts it owns
+            own = outputs[:, s:].view(b, self.num_tasks, self.num_per_task, self.hidden)  # (B, T, P, H)
+            mixed = mixed + torch.einsum("btp,btph->bth", gates[:, :, s:], own)
+        return mixed
 
 
 def _stack_expert_layers(module, state_dict, prefix, *_) -> None:
@@ -307,12 +307,9 @@ class MultiTaskRanker(nn.Module):
             raise ValueError(f"ranker experts={args.experts!r}: expected one of 'mmoe', 'ple', 'shared'")
         self.task_towers = nn.ModuleList(MLP(tower_in, list(args.over_hidden), device=device) for _ in args.tasks)
         self.task_heads = nn.ModuleList(nn.Linear(args.over_hidden[-1], 1, device=device) for _ in args.tasks)
-        self.register_buffer(
-            "is_binary", torch.tensor([t.kind == "binary" for t in args.tasks], device=device), persistent=False
-        )
-        self.register_buffer(
-            "is_count", torch.tensor([t.kind == "count" for t in args.tasks], device=device), persistent=False
-        )
+        # Task kinds are read from `args` where they are used, never kept in buffers: a model built on
+        # `meta` and materialised by DistributedModelParallel gets non-persistent buffers back as zeros.
+        self.task_kinds = tuple(t.kind for t in args.tasks)
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> MultiTaskRanker:
@@ -343,9 +340,9 @@ class MultiTaskRanker(nn.Module):
                                                                     strict=True)], dim=1)  # (B, T)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
-        out = self.logits(dense, sparse)
-        out = torch.where(self.is_binary, torch.sigmoid(out), torch.where(self.is_count, torch.exp(out), out))
-        return {name: out[:, t] for t, name in enumerate(self.task_names)}
+        logits = self.logits(dense, sparse)  # (B, T)
+        return {name: _LINKS[kind](logits[:, t]) for t, (name, kind) in enumerate(zip(self.task_names, self.task_kinds,
+                                                                                     strict=True))}
 
 
 class MultiTaskRankerTrain(nn.Module):
@@ -361,20 +358,29 @@ class MultiTaskRankerTrain(nn.Module):
     def __init__(self, model: MultiTaskRanker) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("weights", torch.tensor([t.weight for t in model.args.tasks]), persistent=False)
+        self.task_weights = tuple(float(t.weight) for t in model.args.tasks)
 
     def forward(
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model.logits(dense, sparse)  # (B, T)
-        present = ~torch.isnan(labels)
+        present = ~torch.isnan(labels)  # (B, T)
         target = torch.nan_to_num(labels)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        mse = (logits - target) ** 2
-        poisson = F.poisson_nll_loss(logits, target, log_input=True, full=False, reduction="none")
-        per_example = torch.where(self.model.is_binary, bce, torch.where(self.model.is_count, poisson, mse)) * present
-        per_task = per_example.sum(0) / present.sum(0).clamp(min=1)  # (T,)
-        return (per_task * self.weights).sum(), per_task.detach(), logits.detach()
+        per_task = torch.stack([
+            (_LOSSES[kind](logits[:, t], target[:, t]) * present[:, t]).sum() / present[:, t].sum().clamp(min=1)
+            for t, kind in enumerate(self.model.task_kinds)
+        ])  # (T,)
+        loss = (per_task * per_task.new_tensor(self.task_weights)).sum()
+        return loss, per_task.detach(), logits.detach()
+
+
+# Per task kind: the link from the raw output to the prediction, and the per-example loss of the raw output.
+_LINKS = {"binary": torch.sigmoid, "count": torch.exp, "regression": lambda x: x}
+_LOSSES = {
+    "binary": lambda logit, y: F.binary_cross_entropy_with_logits(logit, y, reduction="none"),
+    "count": lambda log_rate, y: F.poisson_nll_loss(log_rate, y, log_input=True, full=False, reduction="none"),
+    "regression": lambda value, y: (value - y) ** 2,
+}
 
 
 def quantize_for_serving(model: MultiTaskRanker) -> MultiTaskRanker:

@@ -204,7 +204,9 @@ def unsharded_state_dict(dmp: DistributedModelParallel) -> dict[str, torch.Tenso
     out = {}
     for name, value in dmp.state_dict().items():
         if isinstance(value, ShardedTensor):
-            full = torch.empty(value.size(), dtype=value.dtype) if dist.get_rank() == 0 else None
+            # Gathered on the shards' device (NCCL moves CUDA tensors only), then brought to the CPU.
+            device = value.local_shards()[0].tensor.device if value.local_shards() else dmp.device
+            full = torch.empty(value.size(), dtype=value.dtype, device=device) if dist.get_rank() == 0 else None
             value.gather(dst=0, out=full)
             value = full
         out[name] = value.cpu() if value is not None else None

@@ -177,7 +177,10 @@ def test_every_multi_task_layout_predicts_each_task(experts):
         layer, h = model.experts.experts, model.experts.hidden
         outputs = torch.stack([torch.relu(x @ layer.weight[e * h : (e + 1) * h].T + layer.bias[e * h : (e + 1) * h])
                                for e in range(model.experts.num_experts)], dim=1)  # (5, E, H), expert by expert
-        reference = torch.einsum("bte,bteh->bth", gates, outputs[:, model.experts.expert_index])
+        # Task t's gate reads the shared experts, then its own.
+        s, p = model.experts.num_shared, model.experts.num_per_task
+        index = torch.tensor([list(range(s)) + [s + t * p + j for j in range(p)] for t in range(2)])
+        reference = torch.einsum("bte,bteh->bth", gates, outputs[:, index])
         assert torch.allclose(model.experts(x), reference, atol=1e-6)
 
 
