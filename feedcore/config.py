@@ -107,6 +107,9 @@ class RankerConfig:
     history_pooling: Literal["bag", "target_attention"] = "bag"  # mean bag or DIN target attention
     negatives_per_positive: int = 2
     popular_negative_share: float = 0.5  # of the negatives, drawn by training popularity; the rest uniform
+    # Share of training rows whose item id (and, drawn apart, user id) is fed as unknown (0): trains
+    # the id-free path that new items, generated posts and new users take when served.
+    id_dropout: float = 0.1
     epochs: int = 2
     batch_size: int = 1024
     dense_learning_rate: float = 1e-3
@@ -162,7 +165,9 @@ class ServingConfig:
     surface_value_weights: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     blend: BlendConfig = BlendConfig()
     int8_embeddings: bool = False  # serve the ranker with int8 row-wise quantized embedding tables
-    max_workers: int = 8
+    # gRPC worker threads: every RPC in progress holds one (a GetFeed waiting for a pipeline slot
+    # too); once all are taken, new RPCs get RESOURCE_EXHAUSTED at once (a few spare threads answer them).
+    max_workers: int = 32
     # LogEvents (writes) needs one of these in the `x-api-key` call metadata; none configured:
     # every write is refused. GetFeed (reads) is open.
     api_keys: tuple[str, ...] = ()
@@ -183,6 +188,17 @@ class ServingConfig:
     # arrival order, holding no GIL). The pipeline is CPU work under one GIL: running several at
     # once only interleaves them, so each takes longer and the tail grows. 0: no limit.
     feed_concurrency: int = 1
+    # GetFeeds waiting for a pipeline slot beyond which a new one gets RESOURCE_EXHAUSTED at once,
+    # with a retry hint, instead of queueing for seconds under overload. -1: no bound.
+    max_queued_feeds: int = 16
+    # Cursors carry an HMAC-SHA256 of this key, so a client can neither forge nor alter one. Empty:
+    # `feed serve` keeps a random key in <artifacts_dir>/cursor.key (shared by the processes of
+    # --processes N, kept across restarts); a server built by create_server alone draws its own.
+    cursor_key: str = ""
+    # LogEvents refuses an event whose ts_ms is older than this, or later than the server's clock
+    # plus event_max_ahead_s (client clocks drift a little; a year-2262 time is a bug).
+    event_max_age_days: float = 30.0
+    event_max_ahead_s: float = 300.0
 
     def weights_for(self, surface: str) -> dict[str, float]:
         """The value model's task weights on `surface`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -69,15 +71,17 @@ def stream_post(channel: grpc.Channel, user_id: str, max_new_tokens: int = 0) ->
 def log_interactions(channel: grpc.Channel, user_id: str, page: feed_pb2.GetFeedResponse,
                      api_key: str) -> feed_pb2.LogEventsResponse:
     """Report what the app showed of `page` (an impression per item) and a click on its first item,
-    as an app would after rendering it; print the server's acknowledgement."""
+    as an app would after rendering it; print the server's acknowledgement. Each event carries an
+    event id, so sending the stream again (after a failure) logs nothing twice."""
     items, request_id = list(page.items), page.request_id
     events = [feed_pb2.Event(user_id=user_id, item_id=i.item_id, content_type=i.content_type, event="impression",
-                             request_id=request_id, position=i.position, source=i.source) for i in items]
+                             request_id=request_id, position=i.position, source=i.source,
+                             event_id=uuid.uuid4().hex) for i in items]
     if items:
         first = items[0]
         events.append(feed_pb2.Event(user_id=user_id, item_id=first.item_id, content_type=first.content_type,
                                      event="click", request_id=request_id, position=first.position,
-                                     source=first.source))
+                                     source=first.source, event_id=uuid.uuid4().hex))
     ack = feed_pb2_grpc.FeedServiceStub(channel).LogEvents(iter(events), metadata=[("x-api-key", api_key)],
                                                            timeout=10.0)
     print(f"logged for user {user_id}: {ack.accepted} events {dict(ack.by_event)} (durable, seq {ack.last_seq})")

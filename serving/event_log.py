@@ -15,13 +15,22 @@ segment is dropped on the next open), never a partial file. Lines that fail thei
 torn last line, were never acknowledged (the fsync comes after the write); they are dropped at
 recovery and counted.
 
+Idempotence: an event may carry a client's `event_id`. `EventLog.append_new` writes an event
+whose (user_id, event_id) the log already holds not again (a retried stream), and says so; the
+keys of the last `dedupe_ids` such events are remembered, and read back from the log at open, so a
+retry after a restart is caught too.
+
 `read_event_log(directory)` returns every event in the log (Parquet files and live segments) as
-one canonical events frame, which `feed train ranker --from-logs` reads.
+one canonical events frame, which `feed train ranker --from-logs` reads; over the logs of `feed
+serve --processes N` it keeps the first of events that share a (user_id, event_id) (a retry that
+reached another process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +56,7 @@ SERVING_COLUMNS: dict[str, pl.DataType] = {
     "experiment_arm": pl.String(),
     "source": pl.String(),
     "propensity": pl.Float64(),  # the served item's propensity (exploring arms; null: deterministic)
+    "event_id": pl.String(),  # the client's id of the event (null: none given); (user_id, event_id) is logged once
 }
 LOG_SCHEMA = {**EVENTS_SCHEMA, **SERVING_COLUMNS}
 _SEGMENT = re.compile(r"^wal-(\d{8})\.jsonl$")
@@ -77,6 +87,24 @@ def read_segment(path: Path) -> tuple[list[dict], int]:
         except ValueError:
             dropped += 1
     return records, dropped
+
+
+def _dedupe_key(record: dict) -> int | None:
+    """64 bits of (user_id, event_id): a collision among the remembered ids is ~1e-9 likely."""
+    event_id = record.get("event_id")
+    if not event_id:
+        return None
+    digest = hashlib.blake2b(f"{record['user_id']}\0{event_id}".encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+@dataclasses.dataclass(frozen=True)
+class Appended:
+    """What `EventLog.append_new` did with a batch."""
+
+    last_seq: int  # the seq of the last event written now (when none was: the log's last)
+    logged: list[dict]  # the events written now, in order
+    duplicates: int  # events whose (user_id, event_id) the log already held (or the batch, earlier)
 
 
 def _frame(records: list[dict]) -> pl.DataFrame:
@@ -111,9 +139,11 @@ class EventLog:
         directory: where segments and Parquet files live; one process writes it at a time (a
             second one is refused with ArtifactError: each server process needs its own).
         segment_bytes: rotate the open segment into Parquet once it is this large.
+        dedupe_ids: how many of the latest events' (user_id, event_id) are remembered to refuse a
+            second copy (about 100 bytes each).
     """
 
-    def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20) -> None:
+    def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20, dedupe_ids: int = 250_000) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = take_lock(self.directory)  # one writer: a second server process on it is refused
@@ -122,6 +152,8 @@ class EventLog:
         self._sync_lock = threading.Lock()  # one fsync at a time
         self._convert_lock = threading.Lock()  # one conversion of closed segments at a time
         self.dropped_at_recovery = self._recover()
+        self.dedupe_ids = dedupe_ids
+        self._event_ids: dict[int, int] = self._logged_event_ids()  # dedupe key -> seq, oldest first
         self._next_seq = self._last_seq() + 1
         self._written = self._durable = self._next_seq - 1
         self._segment = self._next_segment_number()
@@ -132,21 +164,43 @@ class EventLog:
     def append(self, events: list[dict]) -> int:
         """Write `events` (dicts with the LOG_SCHEMA columns except seq) durably; returns the
         seq of the last one. Returns only once they are on disk."""
+        return self.append_new(events).last_seq
+
+    def append_new(self, events: list[dict]) -> Appended:
+        """`append`, skipping events whose (user_id, event_id) the log already holds; returns once
+        what was written, and the earlier copies of what was skipped, are on disk."""
         if not events:
-            return self._durable
+            return Appended(self._durable, [], 0)
         with self._lock:
             if self.closed:
                 raise RuntimeError("the event log is closed")
+            new, keys, wait_for = [], {}, 0
+            for e in events:
+                key = _dedupe_key(e)
+                if key is not None:
+                    if key in self._event_ids:  # logged before (maybe not yet synced: wait for it below)
+                        wait_for = max(wait_for, self._event_ids[key])
+                        continue
+                    if key in keys:  # a second copy within the batch
+                        continue
+                    keys[key] = len(new)
+                new.append(e)
             first = self._next_seq
-            self._next_seq += len(events)
-            self._file.write(b"".join(_encode({**e, "seq": first + i}) for i, e in enumerate(events)))
-            self._file.flush()
-            self._written = last = self._next_seq - 1
+            if new:
+                self._next_seq += len(new)
+                self._file.write(b"".join(_encode({**e, "seq": first + i}) for i, e in enumerate(new)))
+                self._file.flush()
+                self._written = self._next_seq - 1
+            for key, i in keys.items():
+                self._event_ids[key] = first + i
+            while len(self._event_ids) > self.dedupe_ids:
+                del self._event_ids[next(iter(self._event_ids))]
+            last = self._next_seq - 1 if new else max(wait_for, self._written)
             full = self._file.tell() >= self.segment_bytes
-        self._sync(last)
+        self._sync(max(last, wait_for))
         if full:
             self.rotate()
-        return last
+        return Appended(last, new, len(events) - len(new))
 
     def _sync(self, upto: int) -> None:
         with self._sync_lock:
@@ -226,6 +280,23 @@ class EventLog:
         numbers = [int(_PARQUET.match(p.name).group(1)) for p in self._parquet_files()]
         return max(numbers, default=0) + 1
 
+    def _logged_event_ids(self) -> dict[int, int]:
+        """The dedupe keys of the latest `dedupe_ids` events with an event_id, oldest first (all
+        segments are Parquet files by now)."""
+        frames, found = [], 0
+        for path in reversed(self._parquet_files()):
+            if found >= self.dedupe_ids:
+                break
+            if "event_id" not in pl.read_parquet_schema(path):  # written before events had ids
+                continue
+            frame = pl.read_parquet(path, columns=["user_id", "event_id", "seq"]).filter(pl.col("event_id").is_not_null())
+            frames.append(frame)
+            found += frame.height
+        if not frames:
+            return {}
+        latest = pl.concat(frames).sort("seq").tail(self.dedupe_ids)
+        return {_dedupe_key(r): r["seq"] for r in latest.iter_rows(named=True)}
+
     def _last_seq(self) -> int:
         files = self._parquet_files()
         if not files:
@@ -241,7 +312,11 @@ def read_event_log(directory: str | Path) -> pl.DataFrame:
     directory = Path(directory)
     processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
     if processes:
-        return pl.concat([_read_one_log(directory), *map(_read_one_log, processes)], how="vertical_relaxed")
+        logs = pl.concat([_read_one_log(directory), *map(_read_one_log, processes)], how="vertical_relaxed")
+        # A retried stream that reached another process is in two logs: keep its first copy.
+        first = pl.col("_row").min().over("user_id", "event_id")
+        return (logs.with_row_index("_row").filter(pl.col("event_id").is_null() | (pl.col("_row") == first))
+                .drop("_row"))
     return _read_one_log(directory)
 
 
@@ -249,9 +324,12 @@ def _read_one_log(directory: Path) -> pl.DataFrame:
     parts = [pl.read_parquet(p) for p in sorted(directory.glob("events-*.parquet")) if _PARQUET.match(p.name)]
     for segment in sorted(p for p in directory.glob("wal-*.jsonl") if _SEGMENT.match(p.name)):
         parts.append(_frame(read_segment(segment)[0]))
-    # diagonal: files written before a serving column existed (propensity) read it as null
-    frame = pl.concat(parts, how="diagonal_relaxed").select(list(LOG_SCHEMA)) if parts else _frame([])
-    return frame.sort("seq")
+    if not parts:
+        return _frame([])
+    # diagonal: files written before a serving column existed (propensity, event_id) read it as null
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in LOG_SCHEMA.items() if name not in frame.columns]
+    return frame.with_columns(missing).select(list(LOG_SCHEMA)).sort("seq")
 
 
 def now_ms() -> int:

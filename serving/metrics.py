@@ -1,6 +1,7 @@
 """Prometheus metrics of the feed service, served over HTTP (`[serving] metrics_port`).
 
-Each server has its own registry, so several servers (tests) can live in one process.
+Each server has its own registry, so several servers (tests) can live in one process. The RPC
+counts and latencies are recorded by `serving.interceptors.Metrics`, for every method alike.
 
 - ``feed_requests_total{method, code}``: RPCs by gRPC status code (errors are the non-OK codes);
 - ``feed_request_seconds{method}``: RPC latency;
@@ -15,12 +16,9 @@ Each server has its own registry, so several servers (tests) can live in one pro
 
 from __future__ import annotations
 
-import time
 from collections import Counter as CounterType
 from collections.abc import Callable
-from contextlib import contextmanager
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
@@ -42,20 +40,6 @@ class ServiceMetrics:
                               registry=self.registry)
         self.posts_served = Counter("feed_posts_served", "Generated posts put on feed pages", registry=self.registry)
         self._http = None
-
-    @contextmanager
-    def observe(self, method: str, context: grpc.ServicerContext):
-        """Time one RPC and count it under the status code it ends with (OK unless aborted)."""
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            yield
-        except Exception:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            self.latency.labels(method).observe(time.perf_counter() - start)
-            self.requests.labels(method, code.name).inc()
 
     def watch_generation(self, stats: Callable[[], CounterType[str]]) -> None:
         """Export the post writer's counts ("method:<m>", "refused:<reason>") and the background

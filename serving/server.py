@@ -1,27 +1,35 @@
-"""The gRPC server: FeedService plus the standard health and reflection services.
+"""The gRPC server: FeedService plus the standard health and reflection (v1 and v1alpha) services.
 
 `create_server` builds and binds (port 0 = a free port; tests use it); `serve` runs until SIGTERM
-or SIGINT, then reports NOT_SERVING, lets in-flight requests finish and exits.
+or SIGINT, then reports NOT_SERVING, lets in-flight requests finish and exits. Every wait of the
+shutdown is bounded: calls that have not ended after the grace period are left behind (the event
+log is flushed and closed all the same, and the process exits); a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from concurrent import futures
+from pathlib import Path
 from typing import NamedTuple
 
 import faiss
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from feedcore.config import EngineConfig, ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from feedcore.proto.grpc.reflection.v1 import reflection_pb2 as reflection_v1_pb2
+from serving.cursors import CursorSigner, load_cursor_key
 from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
+from serving.interceptors import SPARE_THREADS, server_interceptors
 from serving.metrics import ServiceMetrics
 from serving.pipeline import FeedPipeline
 from serving.reloader import ModelReloader, freeze_heap
@@ -29,7 +37,9 @@ from serving.servicer import FeedServicer
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
-GRACE_SECONDS = 5.0
+REFLECTION_V1 = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
+GRACE_SECONDS = 5.0  # in-flight calls get this long to finish at shutdown
+STOP_MARGIN_SECONDS = 5.0  # then grpc gets this long to stop before the process goes on without it
 
 
 class FeedServer(NamedTuple):
@@ -41,26 +51,32 @@ class FeedServer(NamedTuple):
     metrics_port: int | None  # None: metrics not served over HTTP
 
 
-def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None) -> FeedServer:
+def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None,
+                  cursor_key: bytes = b"") -> FeedServer:
     """A ready (not yet started) server bound to config.host:config.port, with the real port; its
     Prometheus metrics are on HTTP when `config.metrics_port` >= 0. Without `event_log`,
-    LogEvents answers UNIMPLEMENTED."""
+    LogEvents answers UNIMPLEMENTED. Cursors are signed with `cursor_key`, else
+    `config.cursor_key`, else a random key of this server's own."""
+    metrics = ServiceMetrics()
+    method = {m.name: f"/{SERVICE_NAME}/{m.name}" for m in feed_pb2.DESCRIPTOR.services_by_name["FeedService"].methods}
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, initializer=_limit_threads,
+        # SPARE_THREADS beyond max_workers answer the calls that Admission refuses, at once.
+        futures.ThreadPoolExecutor(max_workers=config.max_workers + SPARE_THREADS, initializer=_limit_threads,
                                    initargs=(config.torch_threads,)),
+        interceptors=server_interceptors(config, metrics, write_methods=[method["LogEvents"]],
+                                         feed_method=method["GetFeed"]),
         options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # beyond it: RESOURCE_EXHAUSTED
     )
-    metrics = ServiceMetrics()
     health_servicer = health.HealthServicer()
-    servicer = FeedServicer(pipeline, config, event_log, None, metrics, health_servicer)
+    cursors = CursorSigner(cursor_key or config.cursor_key.encode() or os.urandom(32))
+    servicer = FeedServicer(pipeline, config, event_log, None, metrics, health_servicer, cursors=cursors)
     # A bad experiment file (or one the served ranker cannot run) refuses to start.
     servicer.experiments = ExperimentStore(config.experiments_file or None, validate=servicer.check_experiment)
     feed_pb2_grpc.add_FeedServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    _add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                             reflection.SERVICE_NAME, REFLECTION_V1))
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
@@ -68,6 +84,17 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics.serve_http(config.host, config.metrics_port) if config.metrics_port >= 0 else None
     return FeedServer(server, port, health_servicer, servicer, metrics, metrics_port)
+
+
+def _add_reflection(server: grpc.Server, service_names: tuple[str, ...]) -> None:
+    """Server reflection as v1alpha (grpcio-reflection's) and v1: one servicer answers both, as
+    their messages are the same field for field (v1's descriptors come from protos/grpc/reflection)."""
+    servicer = reflection.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),))
 
 
 def _limit_threads(threads: int) -> None:
@@ -87,7 +114,9 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     with the launcher's language model at `shared_model` (address, key) when given."""
     config = engine.serving
     _limit_threads(config.torch_threads)  # this thread's; the gRPC workers set theirs (create_server)
-    running = create_server(config, pipeline, event_log)
+    # One key for every process of `feed serve --processes N` and across restarts: a cursor one issued is good on all.
+    cursor_key = load_cursor_key(config.cursor_key, Path(engine.artifacts_dir) / "cursor.key")
+    running = create_server(config, pipeline, event_log, cursor_key)
     server, port, health_servicer = running.server, running.port, running.health
     posts = None
     if engine.generation.enabled:
@@ -104,7 +133,12 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     stopping = threading.Event()
 
     def shutdown(signum, _frame) -> None:
-        logger.info("signal %s: draining", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping.is_set():  # a second signal: the operator will not wait for the drain
+            # Nothing acknowledged is lost: every acknowledged event was fsynced before its ack.
+            os.write(2, f"signal {name} again: exiting now\n".encode())
+            os._exit(128 + signum)
+        logger.info("signal %s: draining", name)
         health_servicer.enter_graceful_shutdown()
         stopping.set()
 
@@ -117,10 +151,17 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     stopping.wait()
     if reloader is not None:
         reloader.stop()
-    server.stop(GRACE_SECONDS).wait()
+    drained = server.stop(GRACE_SECONDS).wait(GRACE_SECONDS + STOP_MARGIN_SECONDS)
+    if not drained:  # grpcio can miss the end of calls it failed itself; the rest of the shutdown goes on
+        logger.warning("the gRPC server did not stop within %.0f s: leaving its open calls behind",
+                       GRACE_SECONDS + STOP_MARGIN_SECONDS)
     if posts is not None:
         posts.stop()
     if event_log is not None:
         event_log.close()
     running.metrics.stop_http()
     logger.info("stopped")
+    if not drained:  # its worker threads would hold up the interpreter's exit forever
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)

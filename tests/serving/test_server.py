@@ -93,15 +93,16 @@ def test_bad_requests_get_invalid_argument(stub, kwargs, message):
     assert message in info.value.details()
 
 
-def test_a_cursor_cannot_be_replayed_for_another_user_or_model(stub):
+def test_a_cursor_cannot_be_replayed_for_another_user_or_model(stub, running):
     from serving.pipeline import encode_cursor
 
     cursor = _get(stub, "1", page_size=5).next_cursor
     with pytest.raises(grpc.RpcError) as info:
         _get(stub, "2", page_size=5, cursor=cursor)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    older = running.servicer.cursors.sign(encode_cursor("1", 5, "an-older-model"))  # as the server signed it then
     with pytest.raises(grpc.RpcError) as info:
-        _get(stub, "1", page_size=5, cursor=encode_cursor("1", 5, "an-older-model"))
+        _get(stub, "1", page_size=5, cursor=older)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "earlier model version" in info.value.details()
 
@@ -204,7 +205,7 @@ def test_prometheus_metrics_count_requests_by_code_and_time_each_stage(stub, run
 
 
 def test_oversized_requests_are_refused_with_resource_exhausted(stub, running):
-    big = feed_pb2.GetFeedRequest(user_id="1", page_size=5, context={"blob": "x" * (5 << 20)})
+    big = feed_pb2.GetFeedRequest(user_id="1", page_size=5, experiment_overrides={"blob": "x" * (5 << 20)})
     with pytest.raises(grpc.RpcError) as err:
         stub.GetFeed(big, timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

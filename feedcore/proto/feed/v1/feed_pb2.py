@@ -24,15 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!feedcore/proto/feed/v1/feed.proto\x12\x07\x66\x65\x65\x64.v1\"\xc8\x02\n\x0eGetFeedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12\x35\n\x07\x63ontext\x18\x05 \x03(\x0b\x32$.feed.v1.GetFeedRequest.ContextEntry\x12N\n\x14\x65xperiment_overrides\x18\x06 \x03(\x0b\x32\x30.feed.v1.GetFeedRequest.ExperimentOverridesEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a:\n\x18\x45xperimentOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x02\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x36\n\x0btask_scores\x18\x04 \x03(\x0b\x32!.feed.v1.FeedItem.TaskScoresEntry\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\x12\x10\n\x08position\x18\x07 \x01(\x05\x12\r\n\x05title\x18\x08 \x01(\t\x12\x12\n\npropensity\x18\t \x01(\x01\x12\'\n\nprovenance\x18\n \x01(\x0b\x32\x13.feed.v1.Provenance\x12\x0c\n\x04text\x18\x0b \x01(\t\x1a\x31\n\x0fTaskScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"d\n\nProvenance\x12\x17\n\x0fsource_item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"M\n\x11StreamPostRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\"t\n\tPostChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07post_id\x18\x03 \x01(\t\x12\x11\n\tpost_text\x18\x04 \x01(\t\x12\'\n\nprovenance\x18\x05 \x01(\x0b\x32\x13.feed.v1.Provenance\"\x8b\x01\n\x0fGetFeedResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.feed.v1.FeedItem\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\x0e\x65xperiment_arm\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xdf\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\r\n\x05ts_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x05\x12\x0f\n\x07surface\x18\t \x01(\t\x12\x16\n\x0e\x65xperiment_arm\x18\n \x01(\t\x12\x0e\n\x06source\x18\x0b \x01(\t\x12\x12\n\npropensity\x18\x0c \x01(\x01\"\xa2\x01\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x39\n\x08\x62y_event\x18\x02 \x03(\x0b\x32\'.feed.v1.LogEventsResponse.ByEventEntry\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\x1a.\n\x0c\x42yEventEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xc6\x01\n\x0b\x46\x65\x65\x64Service\x12<\n\x07GetFeed\x12\x17.feed.v1.GetFeedRequest\x1a\x18.feed.v1.GetFeedResponse\x12\x39\n\tLogEvents\x12\x0e.feed.v1.Event\x1a\x1a.feed.v1.LogEventsResponse(\x01\x12>\n\nStreamPost\x12\x1a.feed.v1.StreamPostRequest\x1a\x12.feed.v1.PostChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!feedcore/proto/feed/v1/feed.proto\x12\x07\x66\x65\x65\x64.v1\"\xf0\x01\n\x0eGetFeedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12N\n\x14\x65xperiment_overrides\x18\x06 \x03(\x0b\x32\x30.feed.v1.GetFeedRequest.ExperimentOverridesEntry\x1a:\n\x18\x45xperimentOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x05\x10\x06R\x07\x63ontext\"\xbc\x02\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x36\n\x0btask_scores\x18\x04 \x03(\x0b\x32!.feed.v1.FeedItem.TaskScoresEntry\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\x12\x10\n\x08position\x18\x07 \x01(\x05\x12\r\n\x05title\x18\x08 \x01(\t\x12\x12\n\npropensity\x18\t \x01(\x01\x12\'\n\nprovenance\x18\n \x01(\x0b\x32\x13.feed.v1.Provenance\x12\x0c\n\x04text\x18\x0b \x01(\t\x1a\x31\n\x0fTaskScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"d\n\nProvenance\x12\x17\n\x0fsource_item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"M\n\x11StreamPostRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\"t\n\tPostChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07post_id\x18\x03 \x01(\t\x12\x11\n\tpost_text\x18\x04 \x01(\t\x12\'\n\nprovenance\x18\x05 \x01(\x0b\x32\x13.feed.v1.Provenance\"\x8b\x01\n\x0fGetFeedResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.feed.v1.FeedItem\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\x0e\x65xperiment_arm\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xf1\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\r\n\x05ts_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x05\x12\x0f\n\x07surface\x18\t \x01(\t\x12\x16\n\x0e\x65xperiment_arm\x18\n \x01(\t\x12\x0e\n\x06source\x18\x0b \x01(\t\x12\x12\n\npropensity\x18\x0c \x01(\x01\x12\x10\n\x08\x65vent_id\x18\r \x01(\t\"\xb6\x01\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x39\n\x08\x62y_event\x18\x02 \x03(\x0b\x32\'.feed.v1.LogEventsResponse.ByEventEntry\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\x12\x12\n\nduplicates\x18\x04 \x01(\x03\x1a.\n\x0c\x42yEventEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xc6\x01\n\x0b\x46\x65\x65\x64Service\x12<\n\x07GetFeed\x12\x17.feed.v1.GetFeedRequest\x1a\x18.feed.v1.GetFeedResponse\x12\x39\n\tLogEvents\x12\x0e.feed.v1.Event\x1a\x1a.feed.v1.LogEventsResponse(\x01\x12>\n\nStreamPost\x12\x1a.feed.v1.StreamPostRequest\x1a\x12.feed.v1.PostChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'feedcore.proto.feed.v1.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETFEEDREQUEST_CONTEXTENTRY']._loaded_options = None
-  _globals['_GETFEEDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._loaded_options = None
   _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._serialized_options = b'8\001'
   _globals['_FEEDITEM_TASKSCORESENTRY']._loaded_options = None
@@ -40,29 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._loaded_options = None
   _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._serialized_options = b'8\001'
   _globals['_GETFEEDREQUEST']._serialized_start=47
-  _globals['_GETFEEDREQUEST']._serialized_end=375
-  _globals['_GETFEEDREQUEST_CONTEXTENTRY']._serialized_start=269
-  _globals['_GETFEEDREQUEST_CONTEXTENTRY']._serialized_end=315
-  _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._serialized_start=317
-  _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._serialized_end=375
-  _globals['_FEEDITEM']._serialized_start=378
-  _globals['_FEEDITEM']._serialized_end=694
-  _globals['_FEEDITEM_TASKSCORESENTRY']._serialized_start=645
-  _globals['_FEEDITEM_TASKSCORESENTRY']._serialized_end=694
-  _globals['_PROVENANCE']._serialized_start=696
-  _globals['_PROVENANCE']._serialized_end=796
-  _globals['_STREAMPOSTREQUEST']._serialized_start=798
-  _globals['_STREAMPOSTREQUEST']._serialized_end=875
-  _globals['_POSTCHUNK']._serialized_start=877
-  _globals['_POSTCHUNK']._serialized_end=993
-  _globals['_GETFEEDRESPONSE']._serialized_start=996
-  _globals['_GETFEEDRESPONSE']._serialized_end=1135
-  _globals['_EVENT']._serialized_start=1138
-  _globals['_EVENT']._serialized_end=1361
-  _globals['_LOGEVENTSRESPONSE']._serialized_start=1364
-  _globals['_LOGEVENTSRESPONSE']._serialized_end=1526
-  _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._serialized_start=1480
-  _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._serialized_end=1526
-  _globals['_FEEDSERVICE']._serialized_start=1529
-  _globals['_FEEDSERVICE']._serialized_end=1727
+  _globals['_GETFEEDREQUEST']._serialized_end=287
+  _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._serialized_start=214
+  _globals['_GETFEEDREQUEST_EXPERIMENTOVERRIDESENTRY']._serialized_end=272
+  _globals['_FEEDITEM']._serialized_start=290
+  _globals['_FEEDITEM']._serialized_end=606
+  _globals['_FEEDITEM_TASKSCORESENTRY']._serialized_start=557
+  _globals['_FEEDITEM_TASKSCORESENTRY']._serialized_end=606
+  _globals['_PROVENANCE']._serialized_start=608
+  _globals['_PROVENANCE']._serialized_end=708
+  _globals['_STREAMPOSTREQUEST']._serialized_start=710
+  _globals['_STREAMPOSTREQUEST']._serialized_end=787
+  _globals['_POSTCHUNK']._serialized_start=789
+  _globals['_POSTCHUNK']._serialized_end=905
+  _globals['_GETFEEDRESPONSE']._serialized_start=908
+  _globals['_GETFEEDRESPONSE']._serialized_end=1047
+  _globals['_EVENT']._serialized_start=1050
+  _globals['_EVENT']._serialized_end=1291
+  _globals['_LOGEVENTSRESPONSE']._serialized_start=1294
+  _globals['_LOGEVENTSRESPONSE']._serialized_end=1476
+  _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._serialized_start=1430
+  _globals['_LOGEVENTSRESPONSE_BYEVENTENTRY']._serialized_end=1476
+  _globals['_FEEDSERVICE']._serialized_start=1479
+  _globals['_FEEDSERVICE']._serialized_end=1677
 # @@protoc_insertion_point(module_scope)

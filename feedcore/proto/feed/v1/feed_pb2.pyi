@@ -7,14 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetFeedRequest(_message.Message):
-    __slots__ = ("user_id", "surface", "page_size", "cursor", "context", "experiment_overrides")
-    class ContextEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    __slots__ = ("user_id", "surface", "page_size", "cursor", "experiment_overrides")
     class ExperimentOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,15 +19,13 @@ class GetFeedRequest(_message.Message):
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     surface: str
     page_size: int
     cursor: str
-    context: _containers.ScalarMap[str, str]
     experiment_overrides: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., surface: _Optional[str] = ..., page_size: _Optional[int] = ..., cursor: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., experiment_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., surface: _Optional[str] = ..., page_size: _Optional[int] = ..., cursor: _Optional[str] = ..., experiment_overrides: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FeedItem(_message.Message):
     __slots__ = ("item_id", "content_type", "score", "task_scores", "source", "explanation", "position", "title", "propensity", "provenance", "text")
@@ -120,7 +111,7 @@ class GetFeedResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[FeedItem, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., request_id: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "content_type", "event", "value", "ts_ms", "request_id", "position", "surface", "experiment_arm", "source", "propensity")
+    __slots__ = ("user_id", "item_id", "content_type", "event", "value", "ts_ms", "request_id", "position", "surface", "experiment_arm", "source", "propensity", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +124,7 @@ class Event(_message.Message):
     EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     content_type: str
@@ -145,10 +137,11 @@ class Event(_message.Message):
     experiment_arm: str
     source: str
     propensity: float
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., event: _Optional[str] = ..., value: _Optional[float] = ..., ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ..., surface: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., source: _Optional[str] = ..., propensity: _Optional[float] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., content_type: _Optional[str] = ..., event: _Optional[str] = ..., value: _Optional[float] = ..., ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ..., surface: _Optional[str] = ..., experiment_arm: _Optional[str] = ..., source: _Optional[str] = ..., propensity: _Optional[float] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class LogEventsResponse(_message.Message):
-    __slots__ = ("accepted", "by_event", "last_seq")
+    __slots__ = ("accepted", "by_event", "last_seq", "duplicates")
     class ByEventEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -159,7 +152,9 @@ class LogEventsResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     BY_EVENT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     by_event: _containers.ScalarMap[str, int]
     last_seq: int
-    def __init__(self, accepted: _Optional[int] = ..., by_event: _Optional[_Mapping[str, int]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., by_event: _Optional[_Mapping[str, int]] = ..., last_seq: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...

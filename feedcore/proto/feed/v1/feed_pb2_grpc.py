@@ -67,6 +67,7 @@ class FeedServiceServicer:
         """What the user did with the feed: impressions and engagements, streamed by the app. The ack
         comes once every event of the stream is durably on disk. Needs an API key in the call
         metadata (`x-api-key`); a stream with any invalid event is refused whole (nothing is logged).
+        Safe to retry: events that carry an event_id already logged are acknowledged, not logged again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,7 +76,9 @@ class FeedServiceServicer:
     def StreamPost(self, request, context):
         """A post written for the user now by the generative module, streamed token by token (for
         interactive use; GetFeed never waits for generation and serves posts written ahead of time).
-        The last message carries the checked post and its provenance.
+        The pieces streamed before the last message are a draft: the last message carries the post as
+        served, which may differ from the draft (repaired, or replaced by a template when the draft fails
+        the grounding or guardrail checks). Show the draft while it streams, then replace it with post_text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
