@@ -17,6 +17,11 @@ Uncertainty: a **paired bootstrap over users** (`evaluation.stats.bootstrap_weig
 resample draws users with replacement and recomputes every metric of A and of B on the same
 resample, so the interval of B − A accounts for the two models being scored on the same users;
 the p-value is the two-sided bootstrap p of B − A = 0.
+
+Multiple comparisons: a comparison tests dozens of (metric, content type) pairs, so one is declared
+**primary** (`CompareConfig.primary`, by default NDCG at the first cut-off over all users) and read
+at alpha; every other is exploratory, its p-value adjusted by Benjamini–Hochberg (a false discovery
+rate of alpha). "Significant" reads the corrected p, and the report says which is which.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from evaluation.metrics import (
     weighted_auc,
 )
 from evaluation.report import fmt, table
-from evaluation.stats import bootstrap_p_value, bootstrap_weights, percentile_ci
+from evaluation.stats import benjamini_hochberg, bootstrap_p_value, bootstrap_weights, percentile_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +54,15 @@ class CompareConfig:
     negatives_per_positive: int = 2
     calibration_bins: int = 10
     seed: int = 0
+    primary: str = ""  # the metric (over all users) the comparison is decided on; "": ndcg@<first k>
 
     def __post_init__(self) -> None:
         if self.split not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test', got {self.split!r}")
+
+    @property
+    def primary_metric(self) -> str:
+        return self.primary or f"ndcg@{self.ks[0]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +92,11 @@ class HeldOut:
 
 @dataclasses.dataclass(frozen=True)
 class MetricDelta:
-    """One metric of A and B with the paired bootstrap interval of B − A."""
+    """One metric of A and B with the paired bootstrap interval of B − A.
+
+    `role` is "primary" or "exploratory"; `corrected_p` is the p-value `significant` reads: the
+    bootstrap p for the primary metric, Benjamini–Hochberg-adjusted over the others.
+    """
 
     metric: str
     group: str  # "all" or a content type
@@ -94,6 +108,11 @@ class MetricDelta:
     p_value: float
     a_ci: tuple[float, float]
     b_ci: tuple[float, float]
+    role: str = "exploratory"
+    corrected_p: float = float("nan")
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return bool(self.corrected_p < alpha)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +184,20 @@ def compare_scores(held: HeldOut, a: HeldOutScores, b: HeldOutScores, config: Co
             add(f"{task}/pred_over_observed", group, pa, pb,
                 lambda p, w, y=y, u=u: (w[:, u] @ p) / (w[:, u] @ y))
     return OfflineComparison(a.name, b.name, dataset, config, len(held.row_user), len(held.example_user),
-                             tuple(deltas), calibration)
+                             _with_roles(deltas, config), calibration)
+
+
+def _with_roles(deltas: list[MetricDelta], config: CompareConfig) -> tuple[MetricDelta, ...]:
+    """The primary metric keeps its p; every other is Benjamini–Hochberg-adjusted."""
+    primary = [i for i, d in enumerate(deltas) if d.metric == config.primary_metric and d.group == "all"]
+    if not primary:
+        raise ValueError(f"primary metric {config.primary_metric!r} is not among the compared metrics "
+                         f"({sorted({d.metric for d in deltas})})")
+    others = [i for i in range(len(deltas)) if i != primary[0]]
+    corrected = dict(zip(others, benjamini_hochberg(np.array([deltas[i].p_value for i in others])), strict=True))
+    corrected[primary[0]] = deltas[primary[0]].p_value
+    return tuple(dataclasses.replace(d, role="primary" if i == primary[0] else "exploratory",
+                                     corrected_p=float(corrected[i])) for i, d in enumerate(deltas))
 
 
 def _gauc_resampled(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -297,13 +329,15 @@ def compare_figures(result: OfflineComparison) -> dict:
     fig = Figure(figsize=(7, 0.3 * len(result.deltas) + 1.2))
     ax = fig.subplots()
     for y, d in enumerate(result.deltas):
-        color = "tab:gray" if d.ci_low <= 0 <= d.ci_high else ("tab:green" if d.delta > 0 else "tab:red")
+        color = "tab:gray" if not d.significant(result.config.alpha) else ("tab:green" if d.delta > 0 else "tab:red")
         ax.errorbar(d.delta, y, xerr=[[max(d.delta - d.ci_low, 0)], [max(d.ci_high - d.delta, 0)]], fmt="o",
                     color=color, capsize=2, ms=3)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(result.deltas)), [f"{d.metric} [{d.group}]" for d in result.deltas], fontsize=6)
+    ax.set_yticks(range(len(result.deltas)), [f"{d.metric} [{d.group}]{' PRIMARY' if d.role == 'primary' else ''}"
+                                              for d in result.deltas], fontsize=6)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{result.b} − {result.a} (paired bootstrap over users, 95% CI)")
+    ax.set_xlabel(f"{result.b} − {result.a} (paired bootstrap over users, 95% CI; colour: significant after "
+                  "correction)")
     fig.tight_layout()
     figures["deltas"] = fig
 
@@ -335,9 +369,14 @@ def compare_markdown(result: OfflineComparison, figures: tuple[str, ...] = ("met
            f"against the whole catalogue), {result.examples} ranker examples ({c.negatives_per_positive} sampled "
            f"negatives per positive, one sample shared by both). Intervals: paired bootstrap over users, "
            f"{c.resamples} resamples, {100 * (1 - c.alpha):.0f}%.\n",
-           table(["metric", "group", result.a, result.b, f"{result.b} − {result.a}", "CI", "p", "significant"],
-                 [[d.metric, d.group, fmt(d.a), fmt(d.b), fmt(d.delta), f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}]",
-                   fmt(d.p_value), "**yes**" if not d.ci_low <= 0 <= d.ci_high else "no"] for d in result.deltas]),
+           f"Primary metric: `{c.primary_metric}` over all users, read at alpha = {c.alpha}. Every other row is "
+           f"exploratory: its p-value is Benjamini-Hochberg-adjusted over the {len(result.deltas) - 1} others (a "
+           f"false discovery rate of {c.alpha}); \"significant\" reads the corrected p.\n",
+           table(["metric", "group", "role", result.a, result.b, f"{result.b} − {result.a}", "CI", "p", "corrected p",
+                  "significant"],
+                 [[d.metric, d.group, f"**{d.role}**" if d.role == "primary" else d.role, fmt(d.a), fmt(d.b),
+                   fmt(d.delta), f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}]", fmt(d.p_value), fmt(d.corrected_p),
+                   "**yes**" if d.significant(c.alpha) else "no"] for d in result.deltas]),
            "\nECE: expected calibration error over equal-width bins (lower is better); pred_over_observed: mean "
            "prediction / observed rate on held-out examples with sampled negatives (1 = calibrated on average).\n",
            "\n## Figures\n"]
