@@ -510,13 +510,15 @@ def ab_markdown(analysis: ABAnalysis, *, simulated: bool = False, title: str = "
                "corrected p. Per-user means: Welch's t-test (CUPED-adjusted where a pre-period exists: θ pooled "
                "over arms). Ratio metrics: delta method over user clusters, normal test (jackknife and Student's "
                f"t below {cfg.min_arm_users} users in an arm). Relative change: Fieller's interval.\n\n")
+    # A guardrail is read by its verdict (below), not by whether it changed at all.
+    verdicts = {(g.guardrail.metric, g.arm): f"see guardrails: {g.verdict}" for g in analysis.guardrails}
     rows = []
     for r in analysis.results:
         c = r.result
         rows.append([r.metric, f"**{r.role}**" if r.role == "primary" else r.role, r.arm, fmt(c.control),
                      fmt(c.treatment), pct(c.relative), _interval(c.relative_ci_low, c.relative_ci_high),
                      f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]", fmt(c.p_value), f"{fmt(r.corrected_p)} ({r.correction})",
-                     "**yes**" if r.significant(cfg.alpha) else "no",
+                     verdicts.get((r.metric, r.arm), "**yes**" if r.significant(cfg.alpha) else "no"),
                      "delta method" if r.kind == "ratio" and not np.isfinite(c.df) else (
                          "jackknife, t" if r.kind == "ratio" else ("CUPED" if r.adjusted else "Welch")),
                      "" if r.adjusted is None else f"θ={r.theta:.3f}, -{100 * r.variance_reduction:.1f}% var"])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from evaluation.ope import (
+    OPEWarning,
     cumulative_weights,
     doubly_robust,
     ips,
@@ -88,7 +89,8 @@ def test_clipping_caps_weights_and_reports_how_many():
     logging_ = np.array([[0.1, 0.1], [0.5, 0.5]])
     weights, clipped = cumulative_weights(target, logging_, clip=10.0)
     assert weights.max() == 10.0 and clipped == 0.25  # 81 capped, 9 kept
-    est = ips(np.ones((2, 2)), target, logging_, clip=10.0)
+    with pytest.warns(OPEWarning, match="effective pages"):  # two pages: nothing to read
+        est = ips(np.ones((2, 2)), target, logging_, clip=10.0)
     assert est.clipped_share == 0.25 and est.value == pytest.approx((9 + 10 + 0.2 + 0.04) / 2)
     with pytest.raises(ValueError, match="deterministic"):
         cumulative_weights(target, np.zeros((2, 2)))
