@@ -29,7 +29,7 @@ from feedcore.proto.grpc.reflection.v1 import reflection_pb2 as reflection_v1_pb
 from serving.cursors import CursorSigner, load_cursor_key
 from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
-from serving.interceptors import SPARE_THREADS, server_interceptors
+from serving.interceptors import SPARE_THREADS, Admission, server_interceptors
 from serving.metrics import ServiceMetrics
 from serving.pipeline import FeedPipeline
 from serving.reloader import ModelReloader, freeze_heap
@@ -40,6 +40,7 @@ SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 REFLECTION_V1 = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 GRACE_SECONDS = 5.0  # in-flight calls get this long to finish at shutdown
 STOP_MARGIN_SECONDS = 5.0  # then grpc gets this long to stop before the process goes on without it
+POST_WORKER_STOP_SECONDS = 10.0  # for the background post writer's batch under way to end
 
 
 class FeedServer(NamedTuple):
@@ -49,6 +50,7 @@ class FeedServer(NamedTuple):
     servicer: FeedServicer
     metrics: ServiceMetrics
     metrics_port: int | None  # None: metrics not served over HTTP
+    admission: Admission  # its counters: calls in progress, GetFeeds admitted
 
 
 def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: EventLog | None = None,
@@ -59,12 +61,13 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
     `config.cursor_key`, else a random key of this server's own."""
     metrics = ServiceMetrics()
     method = {m.name: f"/{SERVICE_NAME}/{m.name}" for m in feed_pb2.DESCRIPTOR.services_by_name["FeedService"].methods}
+    interceptors = server_interceptors(config, metrics, write_methods=[method["LogEvents"]],
+                                       feed_method=method["GetFeed"])
     server = grpc.server(
         # SPARE_THREADS beyond max_workers answer the calls that Admission refuses, at once.
         futures.ThreadPoolExecutor(max_workers=config.max_workers + SPARE_THREADS, initializer=_limit_threads,
                                    initargs=(config.torch_threads,)),
-        interceptors=server_interceptors(config, metrics, write_methods=[method["LogEvents"]],
-                                         feed_method=method["GetFeed"]),
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", config.max_request_bytes)],  # larger: RESOURCE_EXHAUSTED
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # beyond it: RESOURCE_EXHAUSTED
     )
@@ -83,7 +86,8 @@ def create_server(config: ServingConfig, pipeline: FeedPipeline, event_log: Even
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics.serve_http(config.host, config.metrics_port) if config.metrics_port >= 0 else None
-    return FeedServer(server, port, health_servicer, servicer, metrics, metrics_port)
+    admission = next(i for i in interceptors if isinstance(i, Admission))
+    return FeedServer(server, port, health_servicer, servicer, metrics, metrics_port, admission)
 
 
 def _add_reflection(server: grpc.Server, service_names: tuple[str, ...]) -> None:
@@ -156,6 +160,10 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
         logger.warning("the gRPC server did not stop within %.0f s: leaving its open calls behind",
                        GRACE_SECONDS + STOP_MARGIN_SECONDS)
     if posts is not None:
+        # The worker before the model's process: a batch cut off by the model going away would end
+        # in a ModelUnavailable traceback. Bounded: a batch still writing after this is cut off.
+        if posts.worker is not None:
+            posts.worker.stop(POST_WORKER_STOP_SECONDS)
         posts.stop()
     if event_log is not None:
         event_log.close()

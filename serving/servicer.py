@@ -19,6 +19,7 @@ from grpc_health.v1.health import HealthServicer
 
 from feedcore.config import ServingConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from feedcore.schemas import ACCOUNT
 from generation.interface import GeneratedPost
 from generation.remote import ModelUnavailable
 from ranker.model import CANDIDATE_SOURCES
@@ -94,7 +95,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 posts=self.posts.ready(request.user_id) if self.posts is not None else (),
             ))
         except CursorError as e:
-            abort_invalid(context, [("cursor", str(e)[:300])])
+            abort_invalid(context, [("cursor", str(e).removeprefix("cursor ")[:300])])
         self.metrics.stage_timings(page.timings_ms)
         if served_posts := sum(i.post is not None for i in page.items):
             self.metrics.posts_served.inc(served_posts)
@@ -254,10 +255,11 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         }
 
     def _served_types(self) -> frozenset[str]:
-        """The served catalogue's content types, plus "generated" (computed once per pipeline)."""
+        """The served catalogue's content types, plus "generated" and "account" (the follow
+        source's accounts, which need not be in the catalogue); computed once per pipeline."""
         pipeline = self.pipeline
         if self._content_types[0] is not pipeline:
-            types = frozenset(t for t, _ in pipeline.catalog.values()) | {POST_CONTENT_TYPE}
+            types = frozenset(t for t, _ in pipeline.catalog.values()) | {POST_CONTENT_TYPE, ACCOUNT}
             self._content_types = (pipeline, types)
         return self._content_types[1]
 

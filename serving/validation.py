@@ -70,7 +70,7 @@ class Violations:
 def abort_invalid(context: grpc.ServicerContext, violations: list[tuple[str, str]], suffix: str = "") -> None:
     """End the call with INVALID_ARGUMENT: "<field> <problem>; ..." plus `suffix`, and a
     google.rpc.BadRequest listing each (field, problem)."""
-    message = "; ".join(f"{field} {problem}" for field, problem in violations) + suffix
+    message = "; ".join(f"{field} {problem}" if field else problem for field, problem in violations) + suffix
     detail = error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=field, description=problem)
         for field, problem in violations])

@@ -158,7 +158,7 @@ def _event(**fields) -> feed_pb2.Event:
     ({"ts_ms": 1}, "ts_ms", "within 30 days"),
     ({"item_id": "1\x00"}, "item_id", "U+0000"),
     ({"user_id": "\x00"}, "user_id", "U+0000"),
-    ({"content_type": "banana"}, "content_type", "expected one of ['generated', 'movie']"),
+    ({"content_type": "banana"}, "content_type", "expected one of ['account', 'generated', 'movie']"),
     ({"source": "retrieval"}, "source", "expected the served item's source"),
     ({"event_id": "e" * 300}, "event_id", "at most 256"),
     ({"event": "x" * 10_000}, "event", "expected one of"),

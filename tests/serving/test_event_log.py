@@ -151,11 +151,11 @@ def test_log_events_needs_a_valid_api_key(logging_server, metadata, message):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"event": "purchase"}, "event 1: event is 'purchase'"),
-    ({"user_id": ""}, "event 1: user_id is required"),
-    ({"event": "watch", "value": 0.0}, "event 1: value must be the watch time"),
-    ({"item_id": "not-in-catalogue"}, "event 1: content_type is needed"),
-    ({"position": -3}, "event 1: position is -3"),
+    ({"event": "purchase"}, "events[1].event is 'purchase'"),
+    ({"user_id": ""}, "events[1].user_id is required"),
+    ({"event": "watch", "value": 0.0}, "events[1].value must be the watch time"),
+    ({"item_id": "not-in-catalogue"}, "events[1].content_type is needed"),
+    ({"position": -3}, "events[1].position is -3"),
 ])
 def test_a_stream_with_a_bad_event_is_refused_whole(logging_server, bad, message):
     stub, _, directory = logging_server
