@@ -37,6 +37,7 @@ def fuzzed(trained_engine, tmp_path_factory):
     tally = {"calls": 0, "faults": [], "codes": {}, "started": time.monotonic()}
     yield feed_pb2_grpc.FeedServiceStub(channel), channel, tally
     channel.close()
+    print(f"\nfuzz: {tally['calls']} calls in {time.monotonic() - tally['started']:.0f} s; codes {tally['codes']}")
     assert running.server.stop(2).wait(30), "the server did not stop after the fuzz"
     log.close()
     assert not tally["faults"], tally["faults"][:5]
