@@ -240,12 +240,20 @@ def _equal_models(seed: int, users: int = 300) -> tuple[HeldOut, HeldOutScores, 
 
 
 def test_feed_eval_compare_family_wise_false_positives_after_correction():
-    raw = claimed = 0
-    runs = 100
+    """Equal models, 24 deltas: most runs had a 'significant' one; after correction the primary and
+    the exploratory family (Benjamini-Hochberg) each err at about alpha, the report at most ~2 alpha."""
+    raw, runs = 0, 100
+    claims = {"primary": 0, "exploratory": 0, "report": 0}
     for seed in range(runs):
         result = compare_scores(*_equal_models(seed), CompareConfig(resamples=200, seed=seed))
         assert len(result.deltas) == 24 and [d.metric for d in result.deltas if d.role == "primary"] == ["ndcg@10"]
         raw += any(not d.ci_low <= 0 <= d.ci_high for d in result.deltas)
-        claimed += any(d.significant() for d in result.deltas)
+        flagged = {role: any(d.significant() for d in result.deltas if d.role == role)
+                   for role in ("primary", "exploratory")}
+        flagged["report"] = flagged["primary"] or flagged["exploratory"]
+        for k, v in flagged.items():
+            claims[k] += v
+    rates = {k: v / runs for k, v in claims.items()}
     assert raw / runs > 0.3
-    assert claimed / runs <= 0.07, claimed / runs
+    assert rates["primary"] <= 0.07 and rates["exploratory"] <= 0.07, rates
+    assert rates["report"] <= 0.12, rates
