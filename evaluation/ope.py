@@ -22,7 +22,7 @@ interval and the effective number of pages it rests on:
 **Intervals**: a bootstrap over pages, studentized (bootstrap-t, `evaluation.stats.studentized_ci`)
 for IPS and DR, whose per-page terms are heavy-tailed when weights are; percentile for SNIPS. It
 helps IPS a little and DR not at all on heavy weights (benchmarks/stats_audit.py: at a median of
-~20 effective pages IPS covers 92.2% with a normal interval and 94.0% so, DR 92.2% and 91.5%), so
+16 effective pages IPS covers 92.2% with a normal interval and 94.0% so, DR 92.2% and 91.5%), so
 no interval is to be trusted on a handful of effective pages: every estimate
 carries the effective sample size (Σ W)² / Σ W² of the last position's weights (`effective_pages`)
 and a warning (`OPEWarning`, and in `warnings`) below `MIN_EFFECTIVE_PAGES`.
