@@ -77,7 +77,16 @@ class RetrievalConfig:
     weight_decay: float = 0.0
     # bfloat16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, and GPUs); fp32 weights.
     bf16: bool = False
-    max_train_minutes: float = 0.0  # > 0: stop after the epoch that passes this wall-clock budget
+    # > 0: stop when training (validations included) has run this long, mid-epoch if need be; the
+    # cosine schedule then decays over the budget (or `epochs`, whichever ends first).
+    max_train_minutes: float = 0.0
+    # How the budget is read: "wall" (perf_counter) or "cpu" (this process's CPU seconds / its torch
+    # threads: what the run would take alone on those cores, for a machine shared with other work).
+    budget_clock: Literal["wall", "cpu"] = "wall"
+    # Validate every `validate_every` epochs (0: never); the best validation NDCG@10's weights are
+    # returned, and training stops after `patience` validations without improvement (0: never).
+    validate_every: int = 1
+    patience: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     index_factory: str = "Flat"  # any faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF1024,PQ16
@@ -130,6 +139,10 @@ class CandidatesConfig:
     follow: int = 20  # accounts followed by the accounts the user follows
     popular: int = 50  # trending per content type
     popular_half_life_days: float = 0.0  # > 0: events count 2^(-age / half-life); 0: all-time counts
+    # New items: the item tower's content embeddings of items with at most `fresh_max_events`
+    # training events, searched with the user embedding (0: no fresh-items source).
+    fresh: int = 0
+    fresh_max_events: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
