@@ -173,7 +173,8 @@ def cmd_eval_compare(config: EngineConfig, args: argparse.Namespace) -> None:
     from evaluation.report import write_report
 
     result = compare_engines(load_config(args.a), load_config(args.b), config,
-                             CompareConfig(split=args.split, resamples=args.resamples), names=(args.a, args.b))
+                             CompareConfig(split=args.split, resamples=args.resamples, primary=args.primary),
+                             names=(args.a, args.b))
     path = write_report(args.out, compare_markdown(result), compare_figures(result))
     print(json.dumps({"report": str(path), "deltas": {f"{d.metric}[{d.group}]": [d.a, d.b, d.ci_low, d.ci_high]
                                                       for d in result.deltas}}))
@@ -185,7 +186,7 @@ def _arm_shares(experiment) -> tuple[tuple[str, float], ...]:
 
 def cmd_ab_analyze(config: EngineConfig, args: argparse.Namespace) -> None:
     """The A/B report of an experiment from the service's event log."""
-    from evaluation.ab import ABConfig, ab_figures, ab_markdown, analyze
+    from evaluation.ab import PRIMARY, ABConfig, ab_figures, ab_markdown, analyze
     from evaluation.report import write_report
     from serving.event_log import read_event_log
     from serving.experiments import load_experiment
@@ -195,7 +196,8 @@ def cmd_ab_analyze(config: EngineConfig, args: argparse.Namespace) -> None:
     try:
         analysis = analyze(read_event_log(log_dir), ABConfig(experiment.name, _arm_shares(experiment),
                                                              control=args.control, start_ms=args.start_ms,
-                                                             end_ms=args.end_ms))
+                                                             end_ms=args.end_ms,
+                                                             primary=args.primary or experiment.primary_metric or PRIMARY))
     except ValueError as e:
         raise DataError(log_dir, str(e)) from e
     path = write_report(args.out, ab_markdown(analysis, simulated=args.simulated), ab_figures(analysis))
@@ -302,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"config whose prepared data and split hold the held-out data (default {DEFAULT_CONFIG})")
     compare.add_argument("--split", choices=["valid", "test"], default="test")
     compare.add_argument("--resamples", type=int, default=500, help="bootstrap resamples (users)")
+    compare.add_argument("--primary", default="", metavar="METRIC",
+                         help="the metric the comparison is decided on, over all users (e.g. engage/auc; default "
+                              "ndcg@10): read at alpha; every other delta is tested only when it is significant")
     compare.add_argument("--out", default="reports/compare", help="report directory (replaced)")
     compare.set_defaults(key=("eval", "compare"))
 
@@ -314,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="experiment start (ms); earlier events are the pre-period for CUPED")
     analyze.add_argument("--end-ms", type=int, default=None)
     analyze.add_argument("--control", default="", help="control arm (default: the first)")
+    analyze.add_argument("--primary", default="", metavar="METRIC",
+                         help="the metric the experiment is decided on (default: the experiment's primary_metric, "
+                              "else engagements_per_user): read at alpha; the other metrics are tested only when it "
+                              "is significant")
     analyze.add_argument("--simulated", action="store_true", help="label the report as simulated traffic")
     analyze.add_argument("--out", default="reports/ab", help="report directory (replaced)")
     simulate = ab.add_parser("simulate", help="end-to-end A/B run with simulated users on a real server")

@@ -5,6 +5,7 @@ arm may override the value model's weights and the blender's settings:
 
     name = "diverse-feed"
     salt = "2026-11"            # change it to reshuffle users between arms
+    primary_metric = "engagements_per_user"   # what the experiment is decided on (`feed ab analyze`)
     [[arms]]
     name = "control"
     share = 0.5
@@ -56,9 +57,14 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
+    """An experiment and its arms. `primary_metric`: the metric it is decided on, declared before
+    it runs (`evaluation.ab.METRICS`; "": the analysis default, engagements per user); `feed ab
+    analyze` reads it at alpha and tests the other metrics only when it is significant."""
+
     name: str
     salt: str
     arms: tuple[Arm, ...]
+    primary_metric: str = ""
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
