@@ -19,9 +19,13 @@ resample, so the interval of B − A accounts for the two models being scored on
 the p-value is the two-sided bootstrap p of B − A = 0.
 
 Multiple comparisons: a comparison tests dozens of (metric, content type) pairs, so one is declared
-**primary** (`CompareConfig.primary`, by default NDCG at the first cut-off over all users) and read
-at alpha; every other is exploratory, its p-value adjusted by Benjamini–Hochberg (a false discovery
-rate of alpha). "Significant" reads the corrected p, and the report says which is which.
+**primary** (`CompareConfig.primary`, `feed eval compare --primary`; by default NDCG at the first
+cut-off over all users) and read at alpha. Every other is exploratory and gated by it: tested only
+when the primary delta is significant, then with Benjamini–Hochberg (a false discovery rate of
+alpha); otherwise shown as "not tested". Equal models then get a "significant" delta somewhere in
+the report about alpha of the time (the primary's rate), where each family at its own level still
+gave ~2 alpha (benchmarks/stats_audit.py). "Significant" reads the corrected p, and the report
+says which is which.
 """
 
 from __future__ import annotations
@@ -95,7 +99,9 @@ class MetricDelta:
     """One metric of A and B with the paired bootstrap interval of B − A.
 
     `role` is "primary" or "exploratory"; `corrected_p` is the p-value `significant` reads: the
-    bootstrap p for the primary metric, Benjamini–Hochberg-adjusted over the others.
+    bootstrap p for the primary metric, Benjamini–Hochberg-adjusted over the others when the
+    primary is significant. `tested` is False for an exploratory delta whose gate (the primary) was
+    closed: never significant, `corrected_p` NaN.
     """
 
     metric: str
@@ -110,9 +116,10 @@ class MetricDelta:
     b_ci: tuple[float, float]
     role: str = "exploratory"
     corrected_p: float = float("nan")
+    tested: bool = True
 
     def significant(self, alpha: float = 0.05) -> bool:
-        return bool(self.corrected_p < alpha)
+        return bool(self.tested and self.corrected_p < alpha)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,16 +195,21 @@ def compare_scores(held: HeldOut, a: HeldOutScores, b: HeldOutScores, config: Co
 
 
 def _with_roles(deltas: list[MetricDelta], config: CompareConfig) -> tuple[MetricDelta, ...]:
-    """The primary metric keeps its p; every other is Benjamini–Hochberg-adjusted."""
+    """The primary metric keeps its p; every other is Benjamini–Hochberg-adjusted, when the
+    primary is significant (the gate), and not tested otherwise."""
     primary = [i for i, d in enumerate(deltas) if d.metric == config.primary_metric and d.group == "all"]
     if not primary:
         raise ValueError(f"primary metric {config.primary_metric!r} is not among the compared metrics "
                          f"({sorted({d.metric for d in deltas})})")
     others = [i for i in range(len(deltas)) if i != primary[0]]
-    corrected = dict(zip(others, benjamini_hochberg(np.array([deltas[i].p_value for i in others])), strict=True))
+    gate_open = bool(deltas[primary[0]].p_value < config.alpha)
+    corrected = dict.fromkeys(others, float("nan"))
+    if gate_open:
+        corrected.update(zip(others, benjamini_hochberg(np.array([deltas[i].p_value for i in others])), strict=True))
     corrected[primary[0]] = deltas[primary[0]].p_value
     return tuple(dataclasses.replace(d, role="primary" if i == primary[0] else "exploratory",
-                                     corrected_p=float(corrected[i])) for i, d in enumerate(deltas))
+                                     corrected_p=float(corrected[i]), tested=i == primary[0] or gate_open)
+                 for i, d in enumerate(deltas))
 
 
 def _gauc_resampled(users: np.ndarray, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -370,13 +382,18 @@ def compare_markdown(result: OfflineComparison, figures: tuple[str, ...] = ("met
            f"negatives per positive, one sample shared by both). Intervals: paired bootstrap over users, "
            f"{c.resamples} resamples, {100 * (1 - c.alpha):.0f}%.\n",
            f"Primary metric: `{c.primary_metric}` over all users, read at alpha = {c.alpha}. Every other row is "
-           f"exploratory: its p-value is Benjamini-Hochberg-adjusted over the {len(result.deltas) - 1} others (a "
-           f"false discovery rate of {c.alpha}); \"significant\" reads the corrected p.\n",
+           f"exploratory and gated by it: tested only when the primary delta is significant, then "
+           f"Benjamini-Hochberg-adjusted over the {len(result.deltas) - 1} others (a false discovery rate of "
+           f"{c.alpha}), so the whole report claims a difference that is not there at most about alpha of the "
+           "time; \"significant\" reads the corrected p"
+           + ("" if any(d.tested for d in result.deltas if d.role != "primary") else
+              " (**the primary is not significant: the exploratory rows are not tested**)") + ".\n",
            table(["metric", "group", "role", result.a, result.b, f"{result.b} − {result.a}", "CI", "p", "corrected p",
                   "significant"],
                  [[d.metric, d.group, f"**{d.role}**" if d.role == "primary" else d.role, fmt(d.a), fmt(d.b),
-                   fmt(d.delta), f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}]", fmt(d.p_value), fmt(d.corrected_p),
-                   "**yes**" if d.significant(c.alpha) else "no"] for d in result.deltas]),
+                   fmt(d.delta), f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}]", fmt(d.p_value), fmt(d.corrected_p) if d.tested else "not tested",
+                   "**yes**" if d.significant(c.alpha) else "no" if d.tested else "not tested"]
+                  for d in result.deltas]),
            "\nECE: expected calibration error over equal-width bins (lower is better); pred_over_observed: mean "
            "prediction / observed rate on held-out examples with sampled negatives (1 = calibrated on average).\n",
            "\n## Figures\n"]

@@ -98,9 +98,9 @@ def test_coverage_of_the_relative_change_and_the_planted_lift_within_its_ci(plan
 def test_family_wise_false_positives_after_correction():
     """A/A with 8 live metrics (hides included): at least one uncorrected p < 0.05 in ~24% of runs.
     After correction each family (the primary; the guardrails, Holm; the exploratory metrics,
-    Benjamini-Hochberg, whose FDR is their family-wise rate under A/A) errs at most at about alpha,
-    and the whole report (the primary significant, an exploratory discovery or a guardrail
-    breached) at well under the uncorrected rate: 7-8% on these correlated metrics, up to ~2 alpha."""
+    Benjamini-Hochberg, gated by the primary) errs at most at about alpha, and so does the whole
+    report (the primary significant, an exploratory discovery or a guardrail breached): the issue's
+    bar of 7%. Without the gate the whole report erred in ~8% of runs."""
     raw, runs = 0, 250
     claims = {"primary": 0, "guardrail": 0, "exploratory": 0, "breached": 0, "report": 0}
     for seed in range(1000, 1000 + runs):
@@ -116,8 +116,8 @@ def test_family_wise_false_positives_after_correction():
             claims[k] += v
     rates = {k: v / runs for k, v in claims.items()}
     assert raw / runs > 0.15
-    assert all(rates[k] <= 0.07 for k in ("primary", "guardrail", "exploratory", "breached")), rates
-    assert rates["report"] <= 0.10, rates
+    assert all(rates[k] <= 0.07 for k in ("primary", "guardrail", "exploratory", "breached", "report")), rates
+    assert rates["exploratory"] <= rates["primary"], rates  # gated: only where the primary was significant
 
 
 def test_cuped_pre_period_ends_at_each_users_first_exposure_and_a_treated_one_is_refused():
@@ -240,8 +240,9 @@ def _equal_models(seed: int, users: int = 300) -> tuple[HeldOut, HeldOutScores, 
 
 
 def test_feed_eval_compare_family_wise_false_positives_after_correction():
-    """Equal models, 24 deltas: most runs had a 'significant' one; after correction the primary and
-    the exploratory family (Benjamini-Hochberg) each err at about alpha, the report at most ~2 alpha."""
+    """Equal models, 24 deltas: most runs had a 'significant' one; after correction (the primary at
+    alpha, the others Benjamini-Hochberg only when the primary is significant) the whole report errs
+    at about alpha: the issue's bar of 7%."""
     raw, runs = 0, 100
     claims = {"primary": 0, "exploratory": 0, "report": 0}
     for seed in range(runs):
@@ -251,9 +252,10 @@ def test_feed_eval_compare_family_wise_false_positives_after_correction():
         flagged = {role: any(d.significant() for d in result.deltas if d.role == role)
                    for role in ("primary", "exploratory")}
         flagged["report"] = flagged["primary"] or flagged["exploratory"]
+        # the gate: no exploratory delta is tested unless the primary is significant
+        assert all(d.tested == flagged["primary"] for d in result.deltas if d.role == "exploratory")
         for k, v in flagged.items():
             claims[k] += v
     rates = {k: v / runs for k, v in claims.items()}
     assert raw / runs > 0.3
-    assert rates["primary"] <= 0.07 and rates["exploratory"] <= 0.07, rates
-    assert rates["report"] <= 0.12, rates
+    assert rates["report"] <= 0.07 and rates["exploratory"] <= rates["primary"], rates
