@@ -20,6 +20,15 @@ whose (user_id, event_id) the log already holds not again (a retried stream), an
 keys of the last `dedupe_ids` such events are remembered, and read back from the log at open, so a
 retry after a restart is caught too.
 
+Rankings: for off-policy evaluation a server also logs, per session of an exploring arm, the
+ranking it sampled (`EventLog.append_ranking`, `RANKING_SCHEMA`): every eligible candidate in the
+served order with its value score, its task predictions and its propensity, and the arm's value
+weights and exploration settings: what a target policy's propensities are recomputed from
+(`evaluation.ope_log`). They share the segments (a line with ``"kind": "ranking"``), are written
+without an fsync of their own (no client waits on them; the next event's fsync covers them), and
+convert to ``rankings-<n>.parquet`` beside ``events-<n>.parquet``. `read_rankings(directory)` reads
+them; `read_event_log` skips them, and a log written before rankings existed reads as before.
+
 `read_event_log(directory)` returns every event in the log (Parquet files and live segments) as
 one canonical events frame, which `feed train ranker --from-logs` reads; over the logs of `feed
 serve --processes N` it keeps the first of events that share a (user_id, event_id) (a retry that
@@ -59,8 +68,30 @@ SERVING_COLUMNS: dict[str, pl.DataType] = {
     "event_id": pl.String(),  # the client's id of the event (null: none given); (user_id, event_id) is logged once
 }
 LOG_SCHEMA = {**EVENTS_SCHEMA, **SERVING_COLUMNS}
+RANKING = "ranking"  # the "kind" of a ranking line in a segment (events have none)
+RANKING_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Int64(),  # when the session's first page was served (ms)
+    "user_id": pl.String(),
+    "request_id": pl.String(),  # the first page's: its events carry it
+    "experiment_arm": pl.String(),
+    "surface": pl.String(),
+    "model_version": pl.String(),
+    "exploration": pl.String(),  # the arm's ExplorationConfig.kind
+    "temperature": pl.Float64(),
+    "epsilon": pl.Float64(),
+    "depth": pl.Int32(),
+    "page_size": pl.Int32(),  # the first page's size: its items are the first page_size of item_ids
+    "weight_tasks": pl.List(pl.String()),  # the arm's value model: score = Σ weights · task predictions
+    "weights": pl.List(pl.Float64()),
+    "item_ids": pl.List(pl.String()),  # (N,) every eligible candidate, in the served (sampled) order
+    "values": pl.List(pl.Float64()),  # (N,) their value scores (what the exploring policy sampled on)
+    "propensities": pl.List(pl.Float64()),  # (N,) p(item at its position | the items above)
+    "tasks": pl.List(pl.String()),  # (T,)
+    "task_scores": pl.List(pl.List(pl.Float64())),  # (T, N) each task's prediction of each candidate
+}
 _SEGMENT = re.compile(r"^wal-(\d{8})\.jsonl$")
 _PARQUET = re.compile(r"^events-(\d{8})\.parquet$")
+_RANKINGS = re.compile(r"^rankings-(\d{8})\.parquet$")
 
 
 def _encode(record: dict) -> bytes:
@@ -108,7 +139,14 @@ class Appended:
 
 
 def _frame(records: list[dict]) -> pl.DataFrame:
+    """The events among a segment's records (rankings left out)."""
+    records = [r for r in records if r.get("kind") != RANKING]
     return pl.DataFrame(records, schema=LOG_SCHEMA) if records else pl.DataFrame(schema=LOG_SCHEMA)
+
+
+def _ranking_frame(records: list[dict]) -> pl.DataFrame:
+    records = [r for r in records if r.get("kind") == RANKING]
+    return pl.DataFrame(records, schema=RANKING_SCHEMA) if records else pl.DataFrame(schema=RANKING_SCHEMA)
 
 
 def take_lock(directory: Path):
@@ -202,6 +240,19 @@ class EventLog:
             self.rotate()
         return Appended(last, new, len(events) - len(new))
 
+    def append_ranking(self, record: dict) -> None:
+        """Write one session's ranking (the `RANKING_SCHEMA` columns) to the open segment. Nothing
+        waits on it, so there is no fsync of its own: the next fsync (an event's, a rotation's, the
+        close's) covers it, and a crash before one can lose it, never an acknowledged event."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the event log is closed")
+            self._file.write(_encode({**record, "kind": RANKING}))
+            self._file.flush()
+            full = self._file.tell() >= self.segment_bytes
+        if full:
+            self.rotate()
+
     def _sync(self, upto: int) -> None:
         with self._sync_lock:
             if self._durable >= upto:  # another thread's fsync already covered these events
@@ -257,13 +308,17 @@ class EventLog:
 
     def _convert(self, segment: Path) -> int:
         number = int(_SEGMENT.match(segment.name).group(1))
-        target = self.directory / f"events-{number:08d}.parquet"
         records, dropped = read_segment(segment)
-        if not target.exists() and records:
-            with atomic_path(target) as tmp:
-                _frame(records).write_parquet(tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
+        # Rankings first, events last: a crash between the two leaves the segment (converted again
+        # at the next open, each file written only if missing), never a numbered file half-done.
+        for name, frame in ((f"rankings-{number:08d}.parquet", _ranking_frame(records)),
+                            (f"events-{number:08d}.parquet", _frame(records))):
+            target = self.directory / name
+            if not target.exists() and frame.height:
+                with atomic_path(target) as tmp:
+                    frame.write_parquet(tmp)
+                    with open(tmp, "rb") as f:
+                        os.fsync(f.fileno())
         segment.unlink()
         return dropped
 
@@ -278,6 +333,7 @@ class EventLog:
 
     def _next_segment_number(self) -> int:
         numbers = [int(_PARQUET.match(p.name).group(1)) for p in self._parquet_files()]
+        numbers += [int(m.group(1)) for p in self.directory.iterdir() if (m := _RANKINGS.match(p.name))]
         return max(numbers, default=0) + 1
 
     def _logged_event_ids(self) -> dict[int, int]:
@@ -318,6 +374,20 @@ def read_event_log(directory: str | Path) -> pl.DataFrame:
         return (logs.with_row_index("_row").filter(pl.col("event_id").is_null() | (pl.col("_row") == first))
                 .drop("_row"))
     return _read_one_log(directory)
+
+
+def read_rankings(directory: str | Path) -> pl.DataFrame:
+    """Every session ranking logged in `directory` (`RANKING_SCHEMA`; none in a log written before
+    rankings were logged), from its Parquet files and live segments, and from each process's log
+    under a `feed serve --processes N` directory."""
+    directory = Path(directory)
+    processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
+    parts = []
+    for log in (directory, *processes):
+        parts += [pl.read_parquet(p) for p in sorted(log.glob("rankings-*.parquet")) if _RANKINGS.match(p.name)]
+        parts += [_ranking_frame(read_segment(p)[0]) for p in sorted(log.glob("wal-*.jsonl")) if _SEGMENT.match(p.name)]
+    frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=RANKING_SCHEMA)
+    return frame.select(list(RANKING_SCHEMA)).sort("ts", maintain_order=True)
 
 
 def _read_one_log(directory: Path) -> pl.DataFrame:

@@ -31,6 +31,7 @@ from serving.generated_posts import GeneratedPosts
 from serving.interceptors import note, request_id
 from serving.metrics import ServiceMetrics
 from serving.pipeline import POST_CONTENT_TYPE, CursorError, FeedPipeline, FeedRequest, RecentlySeen
+from serving.session_rankings import log_session_ranking
 from serving.validation import MAX_CURSOR_BYTES, MAX_OVERRIDES, Violations, abort_invalid, clip
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,18 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                                      f"{[a.name for a in experiment.arms][:20]})")])
         arm_label = f"{experiment.name}/{arm.name}"
         try:
-            page = self._run_pipeline(context, FeedRequest(
+            feed_request = FeedRequest(
                 user_id=request.user_id, page_size=request.page_size, cursor=self.cursors.open(request.cursor),
                 surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
                 recently_seen=self.recently_seen, exploration=arm.exploration,
                 posts=self.posts.ready(request.user_id) if self.posts is not None else (),
-            ))
+            )
+            page = self._run_pipeline(context, feed_request)
         except CursorError as e:
             abort_invalid(context, [("cursor", str(e).removeprefix("cursor ")[:300])])
+        if arm.exploration is not None and self.event_log is not None:  # off-policy evaluation's record
+            log_session_ranking(self.event_log, self.pipeline, feed_request, page, request_id(),
+                                arm.value_weights or self.config.weights_for(feed_request.surface))
         self.metrics.stage_timings(page.timings_ms)
         if served_posts := sum(i.post is not None for i in page.items):
             self.metrics.posts_served.inc(served_posts)
