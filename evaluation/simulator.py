@@ -45,7 +45,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from evaluation.ab import ABConfig, ab_figures, ab_markdown, analyze
+from evaluation.ab import PRIMARY, ABConfig, ab_figures, ab_markdown, analyze
+from evaluation.ope_log import (
+    LoggedPages,
+    PolicyEstimates,
+    TargetPolicy,
+    estimate,
+    fit_reward_model,
+    logged_pages,
+    on_policy_value,
+    policy_scores,
+)
 from evaluation.report import SIMULATION_BANNER, table, write_report
 
 logger = logging.getLogger(__name__)
@@ -206,7 +216,8 @@ class _Budget:
 
 
 def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, rng: np.random.Generator,
-             api_key: str, overrides: dict[str, str], budget: _Budget) -> None:
+             api_key: str, overrides: dict[str, str], budget: _Budget,
+             contexts: dict[str, frozenset[str]] | None) -> None:
     from feedcore.proto.feed.v1 import feed_pb2
 
     cursor = ""
@@ -215,6 +226,8 @@ def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, r
             return
         page = stub.GetFeed(feed_pb2.GetFeedRequest(user_id=user, page_size=sim.page_size, cursor=cursor,
                                                     experiment_overrides=overrides), timeout=30)
+        if contexts is not None and not cursor:  # the truth of a first page: what this user would click
+            contexts[page.request_id] = frozenset(future)
         events = [feed_pb2.Event(user_id=user, item_id=i.item_id, content_type=i.content_type, event=e, value=v,
                                  request_id=page.request_id, position=i.position, source=i.source,
                                  experiment_arm=page.experiment_arm, propensity=i.propensity)
@@ -229,11 +242,14 @@ def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, r
 
 
 def run_simulation(address: str, futures: dict[str, dict[str, float]], sim: SimulationConfig, experiment: str,
-                   control: str, api_key: str) -> SimulationRun:
+                   control: str, api_key: str, contexts: dict[str, frozenset[str]] | None = None) -> SimulationRun:
     """Drive the server at `address` (host:port): a pre-period on `control`, then the experiment.
 
     Users are those with a future (the first `sim.users` by id when set); returns the experiment
-    window in the server's clock (this process shares it: the server runs on loopback).
+    window in the server's clock (this process shares it: the server runs on loopback). With
+    `contexts`, each session's first page's request id is mapped there to the user's future items
+    at that moment: the simulator's own truth, from which `true_policy_value` computes any
+    policy's expected clicks on those pages.
     """
     import grpc
 
@@ -250,7 +266,7 @@ def run_simulation(address: str, futures: dict[str, dict[str, float]], sim: Simu
             def one(user: str) -> None:
                 rng = user_rng(sim.seed, user, name)
                 for _ in range(sessions):
-                    _session(stub, user, state[user], sim, rng, api_key, overrides, budget)
+                    _session(stub, user, state[user], sim, rng, api_key, overrides, budget, contexts)
 
             with concurrent.futures.ThreadPoolExecutor(sim.workers) as pool:
                 for f in [pool.submit(one, u) for u in users]:
@@ -271,15 +287,118 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def true_policy_value(pages: LoggedPages, policy: TargetPolicy, contexts: dict[str, frozenset[str]],
+                      sim: SimulationConfig, samples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """The simulator's true value of `policy` on the logged first `pages`: its expected clicks per
+    page under the response model (a user looks at position k with probability 1/(1 + decay·k) and
+    clicks a looked-at item with p_click_future when it is in their future at that moment, else
+    p_click_other), averaged over the pages, with `samples` Plackett–Luce draws per page (Gumbel
+    top-K). Returns (value, its Monte Carlo standard error)."""
+    k = pages.positions
+    examine = 1.0 / (1.0 + sim.examine_decay * np.arange(k))  # (K,)
+    logits = policy_scores(pages, policy) / policy.temperature  # (R, N)
+    rng = np.random.default_rng(seed)
+    per_page = np.empty(len(pages))
+    draws = np.empty(len(pages))
+    for i, (request_id, items) in enumerate(zip(pages.request_ids, pages.item_ids, strict=True)):
+        future = contexts[request_id]
+        click = np.array([sim.p_click_future if item in future else sim.p_click_other for item in items])
+        noisy = logits[i, : len(items)] + rng.gumbel(size=(samples, len(items)))  # (S, N)
+        top = np.argpartition(-noisy, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(noisy, top, 1), axis=1), 1)  # (S, K)
+        clicks = (click[order] * examine).sum(axis=1)
+        per_page[i], draws[i] = clicks.mean(), clicks.var(ddof=1) / samples
+    return float(per_page.mean()), float(np.sqrt(draws.sum()) / len(pages))
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatedOPE:
+    """What off-policy evaluation of a simulated run needs beside its events: the session rankings
+    the server logged (`serving.event_log.read_rankings`), the simulator's first-page contexts
+    (`run_simulation(contexts=...)`) and the arms' policies (`evaluation.ope_log.arm_policies`)."""
+
+    rankings: pl.DataFrame
+    contexts: dict[str, frozenset[str]]
+    policies: tuple[TargetPolicy, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class OPERow:
+    """One arm's policy estimated from one arm's pages, beside the simulator's truth."""
+
+    estimates: PolicyEstimates
+    truth: float  # the simulator's expected clicks of the target policy on these pages
+    truth_se: float  # Monte Carlo
+    on_policy: tuple[float, float, float]  # the target arm's own mean clicks per first page, CI
+
+
+def simulated_ope(events: pl.DataFrame, experiment: str, run: SimulationRun, sim: SimulationConfig,
+                  ope: SimulatedOPE) -> list[OPERow]:
+    """Every arm's policy estimated (IPS, SNIPS, DR) from every arm's first pages of the experiment
+    window, with the simulator's true value on those pages and the target arm's on-policy mean."""
+    pages = {p.name: logged_pages(ope.rankings, events, f"{experiment}/{p.name}", run.start_ms, run.end_ms)
+             for p in ope.policies}
+    own = {name: on_policy_value(p) for name, p in pages.items()}
+    rows = []
+    for logged in pages.values():
+        q_hat = fit_reward_model(logged)
+        for policy in ope.policies:
+            truth, truth_se = true_policy_value(logged, policy, ope.contexts, sim, seed=len(rows))
+            rows.append(OPERow(estimate(logged, policy, q_hat, seed=len(rows)), truth, truth_se, own[policy.name]))
+    return rows
+
+
+def ope_markdown(rows: list[OPERow]) -> str:
+    """The off-policy section of a simulated report."""
+    def est(e) -> str:
+        return f"{e.value:.3f} [{e.ci_low:.3f}, {e.ci_high:.3f}]" + (" ⚠" if e.warnings else "")
+
+    lines = [
+        "## Off-policy evaluation\n",
+        "Each arm samples its first page by Plackett–Luce over its value scores, and the server logs every "
+        "session's ranking (all candidates, their task predictions and propensities). From the first pages one "
+        "arm served, IPS, SNIPS and DR (cascade, `evaluation.ope`) estimate each arm's expected clicks per first "
+        "page, its policy's propensities recomputed from the logged predictions (`evaluation.ope_log`); the "
+        "simulator's true value is that policy's exact expectation on the same pages under the response model "
+        "(Monte Carlo over 500 draws a page), and the target arm's own mean is what it got on its pages. "
+        "Intervals: 95%, bootstrap over pages; ESS: effective pages of the importance weights; ⚠: fewer than "
+        "100 effective pages.\n",
+        table(["target arm", "pages of", "pages", "ESS", "IPS", "SNIPS", "DR", "true value (simulator)",
+               "target arm's own mean"],
+              [[r.estimates.target, r.estimates.logged_by.split("/", 1)[-1], str(r.estimates.pages),
+                f"{r.estimates.ips.effective_pages:.0f}", est(r.estimates.ips), est(r.estimates.snips),
+                est(r.estimates.dr), f"{r.truth:.3f} ± {r.truth_se:.3f}",
+                f"{r.on_policy[0]:.3f} [{r.on_policy[1]:.3f}, {r.on_policy[2]:.3f}]"] for r in rows]),
+    ]
+    return "\n".join(lines)
+
+
+def _ope_summary(rows: list[OPERow]) -> list[dict]:
+    def one(e) -> dict:
+        return {"value": e.value, "ci": [e.ci_low, e.ci_high], "effective_pages": e.effective_pages,
+                "warnings": list(e.warnings)}
+
+    return [{"target": r.estimates.target, "logged_by": r.estimates.logged_by, "pages": r.estimates.pages,
+             "positions": r.estimates.positions, "ips": one(r.estimates.ips), "snips": one(r.estimates.snips),
+             "dr": one(r.estimates.dr), "true_value": r.truth, "true_value_mc_se": r.truth_se,
+             "target_on_policy": list(r.on_policy)} for r in rows]
+
+
 def simulation_report(events: pl.DataFrame, experiment: str, arms: tuple[tuple[str, float], ...],
-                      run: SimulationRun, sim: SimulationConfig, out: str | Path, engine_note: str = "") -> Path:
-    """Analyse a simulated run's event log (`evaluation.ab`) and write the report, labelled as a
-    simulation in its title, its banner and every figure."""
-    analysis = analyze(events, ABConfig(experiment, arms, start_ms=run.start_ms, end_ms=run.end_ms))
+                      run: SimulationRun, sim: SimulationConfig, out: str | Path, engine_note: str = "",
+                      primary: str = "", ope: SimulatedOPE | None = None) -> Path:
+    """Analyse a simulated run's event log (`evaluation.ab`; `primary`: the experiment's primary
+    metric, "" for the default) and write the report, labelled as a simulation in its title, its
+    banner and every figure; with `ope`, an off-policy section (`simulated_ope`)."""
+    analysis = analyze(events, ABConfig(experiment, arms, start_ms=run.start_ms, end_ms=run.end_ms,
+                                        primary=primary or PRIMARY))
+    ope_rows = simulated_ope(events, experiment, run, sim, ope) if ope is not None and ope.policies else []
     figures = ab_figures(analysis)
     for fig in figures.values():
         fig.text(0.99, 0.01, "SIMULATED USERS", ha="right", va="bottom", fontsize=9, color="red", alpha=0.8)
     markdown = ab_markdown(analysis, simulated=True, title=f"SIMULATED A/B run: {experiment}")
+    if ope_rows:
+        markdown += "\n" + ope_markdown(ope_rows) + "\n"
     noise = {k: v for k, v in dataclasses.asdict(sim).items() if k not in ("workers",)}
     pre = events.filter(pl.col("ts") < run.start_ms)
     markdown += "\n## The simulation\n\n" + SIMULATION_BANNER + "\n" + (
@@ -299,7 +418,8 @@ def simulation_report(events: pl.DataFrame, experiment: str, arms: tuple[tuple[s
                "metrics": {f"{r.metric}/{r.arm}": {"control": r.result.control, "treatment": r.result.treatment,
                                                    "relative": _finite(r.result.relative),
                                                    "p_value": _finite(r.result.p_value)}
-                           for r in analysis.results}}
+                           for r in analysis.results},
+               "ope": _ope_summary(ope_rows)}
     return write_report(out, markdown, figures, {"summary.json": json.dumps(summary, indent=2, sort_keys=True)})
 
 

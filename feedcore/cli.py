@@ -227,14 +227,16 @@ def _local_server(config: EngineConfig):
 
 def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
     """An end-to-end simulated A/B run: train on each user's past, serve, simulate, analyse."""
+    from evaluation.ope_log import arm_policies
     from evaluation.simulator import (
+        SimulatedOPE,
         SimulationConfig,
         prepare_simulation,
         run_simulation,
         simulation_report,
         train_engine,
     )
-    from serving.event_log import read_event_log
+    from serving.event_log import read_event_log, read_rankings
     from serving.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)
@@ -242,12 +244,16 @@ def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
                            max_seconds=args.max_seconds, seed=args.seed)
     engine, futures = prepare_simulation(config, sim, args.workdir, args.experiment)
     train_engine(engine)
+    contexts: dict[str, frozenset[str]] = {}  # the simulator's truth of each first page, for OPE
     with _local_server(engine) as address:
         run = run_simulation(address, futures, sim, experiment.name, experiment.arms[0].name,
-                             engine.serving.api_keys[0])
+                             engine.serving.api_keys[0], contexts)
+    ope = SimulatedOPE(read_rankings(engine.event_log_dir), contexts,
+                       arm_policies(experiment, engine.serving.weights_for("home")))
     path = simulation_report(read_event_log(engine.event_log_dir), experiment.name, _arm_shares(experiment), run,
                              sim, args.out, engine_note=f"Engine: `{args.config}` trained on each user's past "
-                             f"(`feed ab simulate`), experiment `{args.experiment}`.")
+                             f"(`feed ab simulate`), experiment `{args.experiment}`.",
+                             primary=experiment.primary_metric, ope=ope)
     print(json.dumps({"report": str(path), "simulated": True, **dataclasses.asdict(run)}))
 
 
