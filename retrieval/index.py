@@ -27,6 +27,7 @@ from feedcore.io import atomic_path
 
 logger = logging.getLogger(__name__)
 EXACT = "Flat"
+GPU_MAX_K = 2048  # faiss-gpu's largest k (and nprobe): a GPU search asks for no more, whatever the caller wants
 
 
 @dataclasses.dataclass
@@ -61,6 +62,7 @@ class ItemIndex:
     search_params: str
     model_version: str
     exact_below: int = 10_000
+    on_gpu: bool = False  # some shards searched on GPUs (`to_gpus`): k is capped at GPU_MAX_K
 
     @staticmethod
     def check_settings(dim: int, factory: str, search_params: str) -> None:
@@ -140,8 +142,12 @@ class ItemIndex:
     def search_with_types(
         self, queries: np.ndarray, k: int, content_type: str | None = None
     ) -> tuple[list[list[float]], list[list[str]], list[list[str]]]:
-        """`search`, with each result's content type (its shard's) as a third list."""
+        """`search`, with each result's content type (its shard's) as a third list. On GPUs at most
+        GPU_MAX_K results per query (a caller asking for more, say k plus the seen items to drop,
+        gets fewer instead of a faiss error)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.on_gpu:
+            k = min(k, GPU_MAX_K)
         shards = [(t, s) for t, s in self.shards.items() if content_type in (None, t) and s.index.ntotal]
         if not shards:
             return [[] for _ in queries], [[] for _ in queries], [[] for _ in queries]
@@ -165,12 +171,23 @@ class ItemIndex:
         return out_scores, out_ids, out_types
 
     def to_gpus(self) -> bool:
-        """Move every shard onto all GPUs when faiss-gpu and a GPU are present; return whether it moved."""
+        """Move every shard faiss can clone onto all GPUs when faiss-gpu and a GPU are present;
+        return whether any moved. An HNSW shard (faiss has no GPU HNSW) or any other that cannot be
+        cloned stays on the CPU, with a log line, instead of failing the start."""
         if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
             return False
-        for shard in self.shards.values():
-            shard.index = faiss.index_cpu_to_all_gpus(shard.index)
-        return True
+        for content_type, shard in self.shards.items():
+            if "HNSW" in shard.factory:
+                logger.info("index shard %r (%s) stays on the CPU: faiss cannot clone HNSW to a GPU",
+                            content_type, shard.factory)
+                continue
+            try:
+                shard.index = faiss.index_cpu_to_all_gpus(shard.index)
+            except RuntimeError as e:
+                logger.info("index shard %r (%s) stays on the CPU: %s", content_type, shard.factory, e)
+                continue
+            self.on_gpu = True
+        return self.on_gpu
 
     @property
     def content_types(self) -> list[str]:
