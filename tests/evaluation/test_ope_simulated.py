@@ -109,3 +109,39 @@ def test_the_simulated_report_shows_ope_beside_the_truth(exploring_run, tmp_path
     text = path.read_text()
     assert "## Off-policy evaluation" in text and "true value (simulator)" in text
     print(text[text.index("## Off-policy evaluation"):])  # the figures, with -s
+
+
+def _ranking(request_id: str) -> dict:
+    return {"ts": 1, "user_id": "u", "request_id": request_id, "experiment_arm": "e/a", "surface": "home",
+            "model_version": "v", "exploration": "plackett_luce", "temperature": 0.3, "epsilon": 0.1, "depth": 10,
+            "page_size": 2, "weight_tasks": ["engage"], "weights": [1.0], "item_ids": ["i1", "i2", "i3"],
+            "values": [0.5, 0.4, 0.1], "propensities": [0.5, 0.6, 1.0], "tasks": ["engage"],
+            "task_scores": [[0.5, 0.4, 0.1]]}
+
+
+def test_rankings_share_the_event_log_and_leave_its_events_as_they_were(tmp_path):
+    event = {"user_id": "u", "item_id": "i1", "content_type": "movie", "ts": 5, "event": "click", "value": None,
+             "request_id": "r1", "position": 0, "surface": "home", "experiment_arm": "e/a", "source": "ann",
+             "propensity": 0.5, "event_id": None}
+    log = EventLog(tmp_path)
+    log.append([event])
+    log.append_ranking(_ranking("r1"))
+    # live segments: the events read as before, the ranking on its own
+    assert read_event_log(tmp_path).height == 1 and read_rankings(tmp_path)["request_id"].to_list() == ["r1"]
+    log.close()
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == ["events-00000001.parquet",
+                                                                  "rankings-00000001.parquet"]
+    log = EventLog(tmp_path)  # a segment holding only a ranking: its number is not reused by the next one
+    log.append_ranking(_ranking("r2"))
+    log.close()
+    log = EventLog(tmp_path)
+    log.append([{**event, "request_id": "r3"}])
+    log.append_ranking(_ranking("r3"))
+    log.close()
+    assert read_event_log(tmp_path)["request_id"].to_list() == ["r1", "r3"]
+    assert read_rankings(tmp_path)["request_id"].to_list() == ["r1", "r2", "r3"]
+    assert read_rankings(tmp_path).row(0, named=True)["task_scores"] == [[0.5, 0.4, 0.1]]
+    # a log written before rankings existed: no rankings, and no error
+    for path in tmp_path.glob("rankings-*.parquet"):
+        path.unlink()
+    assert read_rankings(tmp_path).height == 0 and read_event_log(tmp_path).height == 2
