@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench clean
+.PHONY: demo test lint protos bench clean gpu-check
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml third_party/fbgemm-gpu-cpu-shim/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Every GPU path whose packages this machine has (a venv from requirements-gpu.txt); skips the rest by name.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	timeout 480 $(GPU_PYTHON) benchmarks/gpu_check.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
