@@ -3,17 +3,17 @@
     .venv/bin/python benchmarks/generation_feed_latency.py [--config configs/demo.toml] [--seconds 30]
         [--rate 20] [--warm-users 400]
 
-Three `feed serve` processes in turn, on the artifacts of `--config` (`make demo` writes the
+Two `feed serve` processes in turn, on the artifacts of `--config` (`make demo` writes the
 demo's), each measured the same way (closed loop with one request in flight, then an open loop
 at `--rate` requests/s):
 
 - ``off``: `[generation] enabled = false`;
-- ``thread``: generation on, the language model decoding in the serving process (`isolation = "thread"`);
-- ``process``: generation on, the model in its own process (`isolation = "process"`, the default).
+- ``service``: generation on: `feed serve` starts its generation service (`feed serve-generation`,
+  a process of its own on a Unix socket) and keeps posts in a fresh SQLite post store.
 
-With generation on, the worker is kept busy for the whole measurement (`--warm-users` users are
-queued at start, far more than it writes in the window; the posts written during the window are
-counted from the server's `feed_posts_written_total`). Ready posts take part in the feeds as they
+With generation on, the background writer is kept busy for the whole measurement (`--warm-users`
+users are queued at start, far more than it writes in the window; the posts written during the
+window are counted from the server's `feed_post_jobs_total{outcome="posts"}`). Ready posts take part in the feeds as they
 are written. The client shares the machine's cores with the server. Writes
 benchmarks/results/generation_feed_latency.json.
 """
@@ -41,16 +41,16 @@ from feedcore.io import atomic_write_bytes  # noqa: E402
 from feedcore.schemas import CanonicalDataset  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "generation_feed_latency.json"
-VARIANTS = {"off": None, "thread": "thread", "process": "process"}
+VARIANTS = {"off": False, "service": True}
 
 
-def variant_config(engine_config: str, artifacts_dir: str, llm_cache: str, isolation: str | None,
+def variant_config(engine_config: str, artifacts_dir: str, llm_cache: str, generation_on: bool,
                    warm_users: int, directory: Path) -> Path:
     """A serve config over the same artifacts, differing only in [generation]."""
-    generation = ("enabled = false" if isolation is None else
-                  f'enabled = true\nisolation = "{isolation}"\nwarm_users = {warm_users}\n'
+    generation = ("enabled = false" if not generation_on else
+                  f'enabled = true\nwarm_users = {warm_users}\nstore = "{directory / "posts.sqlite"}"\n'
                   f'cache_dir = "{llm_cache}"\nnum_candidates = 2\nbatch_size = 4\nmax_new_tokens = 48')
-    path = directory / f"{isolation or 'off'}.toml"
+    path = directory / f"{'service' if generation_on else 'off'}.toml"
     path.write_text(f'artifacts_dir = "{artifacts_dir}"\n[serving]\nmetrics_port = 0\nreload_interval_s = 0\n'
                     f'blend = {{ type_shares = {{ generated = 0.1 }} }}\n[generation]\n{generation}\n')
     return path
@@ -58,7 +58,7 @@ def variant_config(engine_config: str, artifacts_dir: str, llm_cache: str, isola
 
 def posts_written(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return sum(float(m) for m in re.findall(r'^feed_posts_written_total\{[^}]*\} (\S+)$', text, re.MULTILINE))
+    return sum(float(m) for m in re.findall(r'^feed_post_jobs_total\{outcome="posts"\} (\S+)$', text, re.MULTILINE))
 
 
 def main() -> None:
@@ -73,14 +73,14 @@ def main() -> None:
     users = CanonicalDataset.read(engine.prepared_dir).users["user_id"].to_list()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, isolation in VARIANTS.items():
+        for name, generation_on in VARIANTS.items():
             path = variant_config(args.config, str(Path(engine.artifacts_dir).resolve()),
-                                  str(engine.llm_cache_dir.resolve()), isolation, args.warm_users, Path(tmp))
+                                  str(engine.llm_cache_dir.resolve()), generation_on, args.warm_users, Path(tmp))
             log: list[str] = []
             server, address, metrics_port = start_server(str(path), log)
             rng = np.random.default_rng(0)  # the same users in the same order for every variant
             try:
-                if isolation is not None:  # wait until the worker has written its first posts
+                if generation_on:  # wait until the worker has written its first posts
                     deadline = time.time() + 300
                     while posts_written(metrics_port) < 1 and time.time() < deadline:
                         time.sleep(1)

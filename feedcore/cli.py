@@ -5,6 +5,7 @@
     feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log [DIR ...]]
     feed index build    --config configs/demo.toml
     feed serve          --config configs/demo.toml [--port 50051] [--processes 2]
+    feed serve-generation --config configs/demo.toml [--address unix:///tmp/gen.sock | 0.0.0.0:50061]
     feed demo           [--config configs/demo.toml]
     feed eval compare   A.toml B.toml --dataset configs/demo.toml [--out reports/compare]
     feed ab analyze     --experiment configs/experiments/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
@@ -24,8 +25,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 from feedcore.config import EngineConfig, load_config
 from feedcore.errors import ArtifactError, DataError
@@ -87,7 +90,7 @@ def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
-    from serving.process import SHARED_MODEL_ENV, process_event_log, serve_processes, stop_with_launcher
+    from serving.process import GenerationProcess, process_event_log, serve_processes, stop_with_launcher
 
     serving = config.serving
     if args.port is not None:
@@ -99,19 +102,35 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> None:
     from serving.server import serve
 
     event_log_dir = config.event_log_dir
-    shared_model = None
     if args.process_index is not None:  # one of `--processes N`: its own event log and metrics port
         stop_with_launcher()
         event_log_dir = str(process_event_log(event_log_dir, args.process_index))
         if serving.metrics_port > 0:
             serving = dataclasses.replace(serving, metrics_port=serving.metrics_port + args.process_index)
-        if SHARED_MODEL_ENV in os.environ:  # the launcher's language model: "<socket path> <key hex>"
-            address, key = os.environ[SHARED_MODEL_ENV].rsplit(" ", 1)
-            shared_model = (address, bytes.fromhex(key))
     pipeline = FeedPipeline.from_artifacts(config)
     event_log = EventLog(event_log_dir, segment_bytes=int(serving.event_log_segment_mb * (1 << 20)))
-    serve(dataclasses.replace(config, serving=serving), pipeline, event_log,
-          on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True), shared_model=shared_model)
+    with tempfile.TemporaryDirectory(prefix="feed-generation-") as scratch:
+        generation, service = None, args.generation_service or config.generation.service
+        if config.generation.enabled and not service:  # a generation service of its own
+            generation = GenerationProcess(args.config, Path(scratch), args.verbose)
+            service = generation.start()
+            generation.keep_running()
+        try:
+            serve(dataclasses.replace(config, serving=serving), pipeline, event_log,
+                  on_ready=lambda port: print(f"{READY} {serving.host}:{port}", flush=True), generation_service=service)
+        finally:
+            if generation is not None:
+                generation.stop()
+
+
+def cmd_serve_generation(config: EngineConfig, args: argparse.Namespace) -> None:
+    from serving.generation_service import serve_generation
+    from serving.process import LAUNCHER_PID, stop_with_launcher
+
+    if LAUNCHER_PID in os.environ:  # started by a `feed serve`: stops with it
+        stop_with_launcher()
+    address = args.address or config.generation.service or "127.0.0.1:0"
+    serve_generation(config, address, on_ready=lambda bound: print(f"GENERATION_SERVER_READY {bound}", flush=True))
 
 
 def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
@@ -266,6 +285,7 @@ COMMANDS = {
     ("train", "ranker"): cmd_train_ranker,
     ("index", "build"): cmd_index_build,
     ("serve",): cmd_serve,
+    ("serve-generation",): cmd_serve_generation,
     ("demo",): cmd_demo,
 }
 
@@ -300,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--processes", type=_at_least_one, default=1,
                               help="server processes sharing the port (one per core; serving.process)")
     serve_parser.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)  # one of them
+    serve_parser.add_argument("--generation-service", default="", help=argparse.SUPPRESS)  # the launcher's
+    generation_parser = sub.add_parser("serve-generation", help="run the gRPC generation service")
+    add(generation_parser, ("serve-generation",))
+    generation_parser.add_argument("--address", default="",
+                                   help="unix:///path/to.sock or host:port (default: [generation] service, "
+                                        "else 127.0.0.1 on a free port)")
     add(sub.add_parser("demo", help="the whole path on the bundled dataset"), ("demo",))
 
     compare = sub.add_parser("eval", help="offline evaluation").add_subparsers(dest="action", required=True) \

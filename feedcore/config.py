@@ -244,9 +244,12 @@ class GenerationConfig:
     cache_dir: str = ""  # converted weights (loads in ~1 s after the first); empty: <artifacts_dir>/llm
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 1  # torch threads of the generation worker (the feed keeps the other cores)
-    # "process": the model decodes in a child process, off the server's GIL (generation.remote);
-    # "thread": in the serving process itself.
-    isolation: Literal["process", "thread"] = "process"
+    # Where the generation service (`feed serve-generation`) is: "unix:///path/to.sock" or "host:port".
+    # Empty: `feed serve` starts one for itself (one for all of `--processes N`) on a Unix socket.
+    service: str = ""
+    # The post store every feed process reads (generation.store): empty for <artifacts_dir>/posts.sqlite,
+    # a file path or sqlite:///<path>, or redis://host:port/db across machines.
+    store: str = ""
     max_new_tokens: int = 60
     temperature: float = 0.7  # 0: greedy
     top_p: float = 0.9

@@ -1,11 +1,14 @@
-"""The background worker that writes posts ahead of time and fills the `PostCache`.
+"""The background writer of a feed server: posts written ahead of time into the post store.
 
 One daemon thread takes user ids from a queue (deduplicated: a user queued or being written is
-not queued again), skips those whose post is fresh by then or whose claim the cache refuses (a
-`generation.post_exchange.SharedPostCache`: another process writes it), asks the injected
-`plan(user_id)` what to write from, writes posts for up to `batch_size` users at once with the
-`PostGenerator` and puts them in the cache. A failing `plan` or `write` is logged and counted
-(`GenerationWorker.stats`) and never stops the thread.
+not queued again), skips those whose post is fresh by then (written here, by another process or on
+another machine) or whose claim the store refuses (another process writes it), asks the injected
+`plan(user_id)` what to write from, has the `PostGenerator` (the generation service's client) write
+posts for up to `batch_size` users at once and puts them in the store. Nothing stops the thread:
+a failing `plan` is logged with its traceback, a generation service or store that is unreachable
+(`ModelUnavailable`, a store connection error) in one line, and each is counted
+(`GenerationWorker.stats`); the users whose posts were not written are queued again by their next
+GetFeed.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from feedcore.config import GenerationConfig
-from generation.cache import PostCache
-from generation.interface import PostGenerator, PostRequest, SourceItem
+from generation.interface import GeneratedPost, PostGenerator, PostRequest, SourceItem
+from generation.remote import ModelUnavailable
+from generation.store import PostStore
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +37,19 @@ class GenerationWorker:
 
     Args:
         writer: writes posts for a batch of requests (`PostWriter`).
-        cache: where written posts go.
+        store: where written posts go, and who writes a user's post (`claim`).
         plan: a user's sources (2-4 `SourceItem`s, the feed's top items for them) and interests.
         config: `batch_size` (users written together), `warm_users`, `sources_per_post`.
         surface: the surface posts are written for.
+        on_posts: called with each batch's posts before they are stored (say, to embed their texts).
 
     Call `start()`, then `request(user_id)` / `warm(user_ids)`; `stop()` joins the thread.
     """
 
-    def __init__(self, writer: PostGenerator, cache: PostCache, plan: PlanFn, config: GenerationConfig,
-                 surface: str = "home") -> None:
-        self.writer, self.cache, self.plan, self.config, self.surface = writer, cache, plan, config, surface
+    def __init__(self, writer: PostGenerator, store: PostStore, plan: PlanFn, config: GenerationConfig,
+                 surface: str = "home", on_posts: Callable[[list[GeneratedPost]], object] | None = None) -> None:
+        self.writer, self.store, self.plan, self.config, self.surface = writer, store, plan, config, surface
+        self.on_posts = on_posts
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._wanted: set[str] = set()  # queued or being written
@@ -54,8 +60,8 @@ class GenerationWorker:
     @property
     def stats(self) -> Counter[str]:
         """Counts so far: batches, posts, no_plan, fresh (had a fresh post by the time it was
-        taken), written_elsewhere (claimed by another process), claim_errors, plan_errors,
-        write_errors."""
+        taken), written_elsewhere (claimed by another process), store_errors, plan_errors,
+        unavailable (the generation service was not reachable), write_errors."""
         with self._lock:
             return Counter(self._stats)
 
@@ -119,6 +125,9 @@ class GenerationWorker:
                 batch.append(more)
             try:
                 self._write(batch)
+            except ModelUnavailable as e:  # stopped or restarting: these users wait for their next GetFeed
+                self._count("unavailable")
+                logger.warning("generation batch of %d users not written: %s", len(batch), e)
             except Exception:  # the thread must outlive any one batch
                 self._count("write_errors")
                 logger.exception("generation batch of %d users failed", len(batch))
@@ -135,17 +144,16 @@ class GenerationWorker:
         try:
             requests = []
             for user_id in users:
-                if not self.cache.needs_post(user_id):  # written since it was queued (here, or by another process)
-                    self._count("fresh")
-                    continue
                 try:
-                    mine = self.cache.claim(user_id)
-                except Exception:
-                    self._count("claim_errors")
-                    logger.exception("claiming the post of user %s failed", user_id)
-                    continue
-                if not mine:  # another process sharing the posts is writing it, or has
-                    self._count("written_elsewhere")
+                    if not self.store.needs_post(user_id):  # written since it was queued (here, or elsewhere)
+                        self._count("fresh")
+                        continue
+                    if not self.store.claim(user_id):  # another process is writing it
+                        self._count("written_elsewhere")
+                        continue
+                except Exception as e:  # noqa: BLE001 (the store is down: no posts until it is back)
+                    self._count("store_errors")
+                    logger.warning("post store: user %s's post not claimed (%s: %s)", user_id, type(e).__name__, e)
                     continue
                 claimed.add(user_id)
                 try:
@@ -162,14 +170,21 @@ class GenerationWorker:
             if not requests:
                 return
             posts = self.writer.write(requests)
-            for post in posts:
-                self.cache.put(post)  # a shared cache's publish ends the claim
-                claimed.discard(post.user_id)
+            if self.on_posts is not None:
+                self.on_posts(posts)
             self._count("batches")
-            self._count("posts", len(posts))
+            for post in posts:
+                try:
+                    self.store.put(post)  # ends the claim
+                except Exception as e:  # noqa: BLE001 (the store is down: this post is lost, the next is written)
+                    self._count("store_errors")
+                    logger.warning("post store: user %s's post not stored (%s: %s)", post.user_id, type(e).__name__, e)
+                    continue
+                claimed.discard(post.user_id)
+                self._count("posts")
         finally:
             for user_id in claimed:  # claimed, but no post came of it: others may write it
                 try:
-                    self.cache.release(user_id)
-                except Exception:  # noqa: BLE001 (a claim not released lapses at the exchange)
-                    logger.exception("releasing the claim on user %s's post failed", user_id)
+                    self.store.release(user_id)
+                except Exception as e:  # noqa: BLE001 (a claim not released lapses in the store)
+                    logger.warning("post store: the claim on user %s's post not released (%s)", user_id, e)

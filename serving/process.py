@@ -15,20 +15,17 @@ drain. A process that fails to start stops the launch; one that dies while servi
 on its log (with a doubling delay when it keeps dying) while the others serve on. A process whose
 launcher dies (even by kill -9) gets SIGTERM from the kernel and drains too.
 
-With generation on (``[generation] isolation = "process"``), the launcher first starts one
-language model for all the processes (`SharedLanguageModel`: `generation.remote.serve_shared`
-on a Unix socket in its private scratch directory, with a random key passed to the processes
-in their environment), so N processes hold one copy of the weights and one decoder shares the
-cores with the feed, instead of N. It is restarted like a process when it dies (each child is
-watched and restarted in a thread of its own, so one loading holds up no other); the processes
-reconnect by themselves, and one that starts meanwhile waits for it. It also carries the
-processes' posts (`generation.post_exchange`): any process serves a post another wrote.
+With generation on and no ``[generation] service`` configured, the launcher first starts one
+generation service for all the processes (`GenerationProcess`: `feed serve-generation` on a Unix
+socket in its private scratch directory), restarted like a process when it dies; the processes
+call it over gRPC (which reconnects by itself) and keep their posts in the post store they share
+(`generation.store`), so any process serves a post another wrote. A lone `feed serve` starts its
+own the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -37,14 +34,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 
-from feedcore.config import EngineConfig, GenerationConfig
+from feedcore.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 LAUNCHER_PID = "FEED_LAUNCHER_PID"  # in a process's environment: the launcher it belongs to
-SHARED_MODEL_ENV = "FEED_SHARED_LM"  # in a process's environment: "<socket path> <key hex>" of the shared model
 RESTART_DELAY_S = 1.0  # before restarting a process that died; doubled per restart in a crash loop
 MAX_RESTART_DELAY_S = 60.0
 STABLE_S = 60.0  # a process that served this long before dying is restarted after RESTART_DELAY_S again
@@ -65,56 +60,65 @@ def stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-class SharedLanguageModel:
-    """The launcher's one language model for its processes (`generation.remote.serve_shared`)."""
+class GenerationProcess:
+    """`feed serve-generation` as a child of this process, on a Unix socket in `scratch`: `start()`
+    waits until it serves (RuntimeError when it exits first); once started it is restarted, with
+    a doubling delay, each time it dies, until `stop()`."""
 
-    def __init__(self, config: EngineConfig, scratch: Path) -> None:
-        self.generation, self.cache_dir = config.generation, str(config.llm_cache_dir)
-        self.address, self.authkey = str(scratch / "llm.sock"), os.urandom(32)
-        self.process: mp.process.BaseProcess | None = None
+    READY = "GENERATION_SERVER_READY"
 
-    @property
-    def environ(self) -> dict[str, str]:
-        """What tells a process where the model is (its key stays out of the command line)."""
-        return {SHARED_MODEL_ENV: f"{self.address} {self.authkey.hex()}"}
+    def __init__(self, config_path: str, scratch: Path, verbose: bool = False) -> None:
+        self.command = [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve-generation",
+                        "--config", config_path, "--address", f"unix://{scratch / 'generation.sock'}"]
+        self.address = f"unix://{scratch / 'generation.sock'}"
+        self.process: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()  # a start and the stop never cross
 
-    def start(self) -> None:
-        """Start it and wait until it serves; RuntimeError when it cannot load."""
-        from generation.remote import spawn_model_process
+    def start(self) -> str:
+        with self._lock:
+            if self.stopping.is_set():
+                raise RuntimeError("not starting the generation service: stopping")
+            # Its own session: a Ctrl-C is this process's to handle (it stops the service last).
+            self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())})
+        for line in self.process.stdout:
+            if line.startswith(self.READY):
+                threading.Thread(target=_forward, args=(self.process.stdout,), daemon=True).start()
+                logger.info("generation service (pid %d) on %s", self.process.pid, self.address)
+                return self.address
+        raise RuntimeError(f"the generation service exited before serving (code {self.process.wait()})")
 
-        self.process, ready, version = spawn_model_process(
-            _language_model_server, (self.generation, self.cache_dir, self.address, self.authkey, os.getpid()),
-            "llm-shared", "the shared language model")
-        ready.close()
-        logger.info("shared language model %s (pid %d) on %s", version, self.process.pid, self.address)
+    def keep_running(self) -> GenerationProcess:
+        """Restart it each time it dies, in a thread of its own (the feed serves on meanwhile)."""
+        threading.Thread(target=keep_running, name="keep-generation", daemon=True,
+                         args=(self.stopping, self._exited, self.start, "the feed serves on without new posts")).start()
+        return self
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+    def _exited(self) -> str:
+        process = self.process
+        return f"the generation service (pid {process.pid}) exited with code {process.wait()}"
 
     def stop(self) -> None:
-        if self.alive():
+        with self._lock:
+            self.stopping.set()
+            if self.process is None or self.process.poll() is not None:
+                return
             self.process.terminate()
-            self.process.join(10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def _language_model_server(ready: Connection, config: GenerationConfig, cache_dir: str, address: str,
-                           authkey: bytes, launcher: int) -> None:
-    """The shared model's process: dies with its launcher; Ctrl-C is the launcher's to handle."""
-    from generation.remote import serve_shared
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ[LAUNCHER_PID] = str(launcher)
-    stop_with_launcher()
-    serve_shared(ready, config, cache_dir, address, authkey)
-
-
-def process_command(config_path: str, port: int, index: int, verbose: bool = False) -> list[str]:
-    """The command line of server process `index` (a `feed serve` of one process)."""
+def process_command(config_path: str, port: int, index: int, verbose: bool = False,
+                    generation: str = "") -> list[str]:
+    """The command line of server process `index` (a `feed serve` of one process), with the
+    launcher's generation service at `generation` when given."""
     return [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve", "--config", config_path,
-            "--port", str(port), "--process-index", str(index)]
+            "--port", str(port), "--process-index", str(index),
+            *(["--generation-service", generation] if generation else [])]
 
 
 def process_event_log(event_log_dir: str | Path, index: int) -> Path:
@@ -135,23 +139,23 @@ def serve_processes(config: EngineConfig, config_path: str, processes: int, port
         snapshot = Path(scratch) / Path(config_path).name  # relative paths in it stay relative to the cwd
         snapshot.write_bytes(Path(config_path).read_bytes())
 
-        def command(index: int, bind_port: int) -> list[str]:
-            return process_command(str(snapshot), bind_port, index, verbose)
+        generation = None
+        if config.generation.enabled and not config.generation.service:
+            generation = GenerationProcess(str(snapshot), Path(scratch), verbose)
 
-        shared = None
-        if config.generation.enabled and config.generation.isolation == "process":
-            shared = SharedLanguageModel(config, Path(scratch))
+        def command(index: int, bind_port: int) -> list[str]:
+            return process_command(str(snapshot), bind_port, index, verbose, generation.address if generation else "")
+
         try:
-            return _supervise(config, command, processes, port, ready_line, shared)
+            return _supervise(config, command, processes, port, ready_line, generation)
         finally:
-            if shared is not None:
-                shared.stop()
+            if generation is not None:
+                generation.stop()
 
 
 def _supervise(config: EngineConfig, command, processes: int, port: int, ready_line: str,
-               shared: SharedLanguageModel | None = None) -> int:
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid()),
-               **(shared.environ if shared is not None else {})}
+               generation: GenerationProcess | None = None) -> int:
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())}
     stopping = threading.Event()
     children: list[subprocess.Popen | None] = [None] * processes
     starting = threading.RLock()  # a start and a stop's signal never cross (re-entrant: the signal handler's thread starts too)
@@ -190,8 +194,9 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        if shared is not None:
-            shared.start()  # before the processes, which connect to it as they load
+        if generation is not None:
+            generation.start()  # before the processes, which call it once they serve
+            generation.keep_running()
             if stopping.is_set():  # stopped while it loaded
                 return stop_all()
         port = start(0, port)  # picks the port when it is 0; the others share it
@@ -209,45 +214,15 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
         return stop_all()
     print(f"{ready_line} {config.serving.host}:{port}", flush=True)
 
-    def keep_running(exited: Callable[[], str], restart: Callable[[], object], meanwhile: str) -> None:
-        """Restart one child each time it dies, until the stop, in a thread of its own: a restart
-        that loads for seconds (or a model for a minute) holds up no other. `exited()` waits for
-        the child's end and says what ended; a `restart()` that fails is logged (with what goes
-        on `meanwhile`) and retried, with a doubling delay."""
-        restarts = _Restarts()
-        while True:
-            ended = exited()
-            if stopping.is_set():
-                return
-            delay = restarts.next_delay()
-            logger.error("%s: restarting it in %.0f s", ended, delay)
-            if stopping.wait(delay):
-                return
-            try:
-                restart()
-            except RuntimeError as e:  # say, the artifacts on disk no longer load
-                if not stopping.is_set():
-                    logger.error("%s; %s", e, meanwhile)
-            except Exception:  # noqa: BLE001 (say, no memory to fork: this thread must go on watching)
-                logger.exception("restarting failed; %s", meanwhile)
-            restarts.started()
-
     def process_exited(index: int) -> str:
         child = children[index]
         child.wait()
         return f"server process {index} (pid {child.pid}) exited with code {child.returncode}"
 
-    def model_exited() -> str:
-        shared.process.join()
-        return f"the shared language model (pid {shared.process.pid}) exited with code {shared.process.exitcode}"
-
     keepers = [threading.Thread(target=keep_running, name=f"keep-process-{index}", daemon=True,
-                                args=(lambda i=index: process_exited(i), lambda i=index: start(i, port),
+                                args=(stopping, lambda i=index: process_exited(i), lambda i=index: start(i, port),
                                       "the other processes keep serving"))
                for index in range(processes)]
-    if shared is not None:  # not joined at the stop: the launcher's exit ends a model still loading
-        threading.Thread(target=keep_running, name="keep-model", daemon=True,
-                         args=(model_exited, shared.start, "the processes serve on; their posts wait for it")).start()
     for keeper in keepers:
         keeper.start()
     while not stopping.wait(0.5):
@@ -256,6 +231,31 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
     for keeper in keepers:  # each ends once its process has (one restarting is signalled when it is up)
         keeper.join()
     return stop_all()
+
+
+def keep_running(stopping: threading.Event, exited: Callable[[], str], restart: Callable[[], object],
+                 meanwhile: str) -> None:
+    """Restart one child each time it dies, until `stopping`, in the calling thread (one per
+    child: a restart that loads for seconds, or a model for a minute, holds up no other).
+    `exited()` waits for the child's end and says what ended; a `restart()` that fails is logged
+    (with what goes on `meanwhile`) and retried, with a doubling delay."""
+    restarts = _Restarts()
+    while True:
+        ended = exited()
+        if stopping.is_set():
+            return
+        delay = restarts.next_delay()
+        logger.error("%s: restarting it in %.0f s", ended, delay)
+        if stopping.wait(delay):
+            return
+        try:
+            restart()
+        except RuntimeError as e:  # say, the artifacts on disk no longer load
+            if not stopping.is_set():
+                logger.error("%s; %s", e, meanwhile)
+        except Exception:  # noqa: BLE001 (say, no memory to fork: this thread must go on watching)
+            logger.exception("restarting failed; %s", meanwhile)
+        restarts.started()
 
 
 class _Restarts:

@@ -110,12 +110,12 @@ def _limit_threads(threads: int) -> None:
 
 
 def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | None = None, on_ready=None,
-          shared_model: tuple[str, bytes] | None = None) -> None:
+          generation_service: str = "") -> None:
     """Run the server until SIGTERM / SIGINT, then shut down gracefully: NOT_SERVING, in-flight
     requests finish, the event log is flushed into Parquet. New models and indexes written under
     `engine.artifacts_dir` are picked up live (`serving.reloader`). With `[generation] enabled`,
-    the generative module loads first and writes posts in the background (`serving.generated_posts`),
-    with the launcher's language model at `shared_model` (address, key) when given."""
+    posts are written in the background by the generation service at `generation_service` (else
+    `[generation] service`) and kept in the post store (`serving.generated_posts`)."""
     config = engine.serving
     _limit_threads(config.torch_threads)  # this thread's; the gRPC workers set theirs (create_server)
     # One key for every process of `feed serve --processes N` and across restarts: a cursor one issued is good on all.
@@ -126,7 +126,8 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     if engine.generation.enabled:
         from serving.generated_posts import make_generated_posts
 
-        posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics, shared_model)
+        posts = make_generated_posts(engine, generation_service or engine.generation.service,
+                                     lambda: running.servicer.pipeline, running.servicer.gated_feed, running.metrics)
         running.servicer.posts = posts
     freeze_heap()  # everything loaded so far lives as long as the process (or until a reload)
     server.start()
@@ -159,12 +160,8 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
     if not drained:  # grpcio can miss the end of calls it failed itself; the rest of the shutdown goes on
         logger.warning("the gRPC server did not stop within %.0f s: leaving its open calls behind",
                        GRACE_SECONDS + STOP_MARGIN_SECONDS)
-    if posts is not None:
-        # The worker before the model's process: a batch cut off by the model going away would end
-        # in a ModelUnavailable traceback. Bounded: a batch still writing after this is cut off.
-        if posts.worker is not None:
-            posts.worker.stop(POST_WORKER_STOP_SECONDS)
-        posts.stop()
+    if posts is not None:  # bounded: a batch still writing after this is cut off (one line in the log)
+        posts.stop(POST_WORKER_STOP_SECONDS)
     if event_log is not None:
         event_log.close()
     running.metrics.stop_http()

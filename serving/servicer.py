@@ -188,6 +188,14 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
             if acquired:
                 self._feed_slots.release()
 
+    def gated_feed(self, request: FeedRequest):
+        """The pipeline's page for the background post writer, through GetFeed's `feed_concurrency`
+        slots (it waits its turn like a GetFeed, so planning posts never crowds out the feed)."""
+        if self._feed_slots is None:
+            return self.pipeline.get_feed(request)
+        with self._feed_slots:
+            return self.pipeline.get_feed(request)
+
     def check_experiment(self, experiment: Experiment) -> None:
         """ValueError if an arm weights a task the served ranker does not predict."""
         predicted = set(self.pipeline.ranker.task_names)

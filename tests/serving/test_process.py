@@ -174,8 +174,8 @@ def test_a_restart_that_cannot_load_leaves_the_other_process_serving(trained_eng
     assert "corrupt or unreadable ranker checkpoint" in stderr.read_text()
 
 
-def _spawned_children(pid: int) -> list[int]:
-    """The multiprocessing (spawn) children of `pid`: where a language model runs."""
+def _generation_services(pid: int) -> list[int]:
+    """The running `feed serve-generation` children of `pid`."""
     out = []
     for entry in Path("/proc").iterdir():
         try:
@@ -183,7 +183,7 @@ def _spawned_children(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline and _running(int(entry.name)):
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"serve-generation" in cmdline and _running(int(entry.name)):
             out.append(int(entry.name))
     return out
 
@@ -196,13 +196,13 @@ def _post_jobs(metrics_url: str) -> Counter:
 
 def _users_taken(jobs: Counter) -> float:
     """Users the background writer has taken from its queue, whatever came of them."""
-    return sum(jobs[k] for k in ("posts", "fresh", "written_elsewhere", "no_plan", "claim_errors", "plan_errors"))
+    return sum(jobs[k] for k in ("posts", "fresh", "written_elsewhere", "no_plan", "store_errors", "plan_errors"))
 
 
 def _known_everywhere(address: str, post_id: str, timeout_s: float = 60.0) -> bool:
     """Whether, within `timeout_s`, events naming `post_id` without a content type are accepted
-    on 16 connections in a row (the kernel gives each to either process): a post reaches the
-    other process asynchronously, so a refusal (INVALID_ARGUMENT) is tried again until then."""
+    on 16 connections in a row (the kernel gives each to either process); a refusal
+    (INVALID_ARGUMENT) is tried again until then."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -235,66 +235,71 @@ def _stream_post(address: str):
     return chunks[-1]
 
 
-def test_generation_runs_one_language_model_for_all_processes(trained_engine, llm_cache_dir, tmp_path):
-    """With generation on, the launcher runs one language model that both processes use (neither
-    starts its own), and a post either writes is known to both. The model and a process killed at
-    once are each restarted (the new process waits for the model); the other process reconnects
-    by itself, and posts are written and shared through the new model."""
+def test_generation_runs_one_service_for_all_processes_and_shares_their_posts(trained_engine, llm_cache_dir, tmp_path):
+    """With generation on, the launcher runs one generation service that both processes call, and
+    their posts live in one store: a post either writes is known to both, and a user's background
+    post is written once. The service and a process killed at once are each restarted, posts are
+    written again, the ones written before are still served, and the stop prints no traceback."""
     config, stderr = _config(tmp_path, trained_engine, api_keys="['k']", metrics_port="0"), tmp_path / "server.log"
     config.write_text(config.read_text() + f"[generation]\nenabled = true\ncache_dir = '{llm_cache_dir}'\n"
+                      f"store = '{tmp_path / 'posts.sqlite'}'\n"
                       "max_new_tokens = 8\nnum_candidates = 1\nmax_tries = 0\nwarm_users = 2\n")
     launcher = _launch(config, stderr, "--port", "0", "--processes", "2")
-    pids, shared = {}, []
+    pids, services = {}, []
     try:
         line = launcher.stdout.readline()
         assert line.startswith("FEED_SERVER_READY"), stderr.read_text()[-3000:]
         pids = _serving_pids(stderr)
-        shared = _spawned_children(launcher.pid)
-        assert len(shared) == 1, stderr.read_text()[-3000:]  # one model, the launcher's
-        assert all(_spawned_children(pid) == [] for pid in pids.values())  # none of the processes has its own
-        assert stderr.read_text().count("generation: smollm2") == 2  # both processes write posts with it
+        services = _generation_services(launcher.pid)
+        assert len(services) == 1, stderr.read_text()[-3000:]  # one service, the launcher's
+        assert all(_generation_services(pid) == [] for pid in pids.values())  # none of the processes has its own
+        assert stderr.read_text().count("generation: posts from the generation service at unix://") == 2
         # Both warm the same two most active users; each post is written once, by one of them.
         metrics = re.findall(r"metrics (http://\S+/metrics)", stderr.read_text())
         assert len(metrics) == 2
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while sum(_users_taken(_post_jobs(url)) for url in metrics) < 4:  # each process has taken both users
             assert time.monotonic() < deadline, [_post_jobs(url) for url in metrics]
             time.sleep(0.5)
         jobs = [_post_jobs(url) for url in metrics]
         assert sum(j["posts"] for j in jobs) == 2 and sum(j["fresh"] + j["written_elsewhere"] for j in jobs) == 2, jobs
         posts = []
-        for _ in range(3):  # connections land on either process; each writes through the one model
+        for _ in range(3):  # connections land on either process; each writes through the one service
             final = _stream_post(line.split()[1])
             assert final.done and final.post_text
             posts.append(final.post_id)
         # An event naming a post without its content type resolves only where the post is known: everywhere.
-        assert _known_everywhere(line.split()[1], posts[0])
-        os.kill(shared[0], signal.SIGKILL)
+        assert _known_everywhere(line.split()[1], posts[0], timeout_s=5)
+        os.kill(services[0], signal.SIGKILL)
         os.kill(pids[1], signal.SIGKILL)
         deadline = time.monotonic() + 180
-        while len(_spawned_children(launcher.pid)) != 1 or _spawned_children(launcher.pid) == shared:
+        while len(_generation_services(launcher.pid)) != 1 or _generation_services(launcher.pid) == services:
             assert time.monotonic() < deadline, stderr.read_text()[-3000:]
             time.sleep(0.5)
-        shared.extend(_spawned_children(launcher.pid))
-        assert "the shared language model" in stderr.read_text() and "restarting it" in stderr.read_text()
-        while "shared language model smollm2" not in stderr.read_text().rsplit("restarting it", 1)[1]:
-            assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+        services.extend(_generation_services(launcher.pid))
+        assert "the generation service" in stderr.read_text() and "restarting it" in stderr.read_text()
+        while _serving_pids(stderr)[1] == pids[1]:
+            assert time.monotonic() < deadline, stderr.read_text()[-3000:]  # process 1 back
             time.sleep(0.5)
-        while _serving_pids(stderr)[1] == pids[1] or "reconnected to the shared language model" not in stderr.read_text():
-            assert time.monotonic() < deadline, stderr.read_text()[-3000:]  # process 1 back; process 0 reconnected
-            time.sleep(0.5)
-        final = _stream_post(line.split()[1])
+        while True:  # the new service loads; the processes reconnect by themselves
+            try:
+                final = _stream_post(line.split()[1])
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, e
+                time.sleep(1.0)
         assert final.done and final.post_text
         posts.append(final.post_id)
-        assert _known_everywhere(line.split()[1], posts[-1])
-        assert _known_everywhere(line.split()[1], posts[0])  # written before the model's restart, known to the new process
+        assert _known_everywhere(line.split()[1], posts[-1], timeout_s=5)
+        assert _known_everywhere(line.split()[1], posts[0], timeout_s=5)  # written before the restarts
         launcher.send_signal(signal.SIGTERM)
         code = launcher.wait(timeout=120)
-        left = [pid for pid in shared if _running(pid)]  # before the clean-up below kills anything
+        left = [pid for pid in services if _running(pid)]  # before the clean-up below kills anything
     finally:
-        _stop(launcher, stderr, *pids.values(), *shared)
+        _stop(launcher, stderr, *pids.values(), *services)
     assert code == 0, stderr.read_text()[-3000:]
-    assert left == []  # the launcher stopped its model too
+    assert left == []  # the launcher stopped its service too
+    assert "Traceback" not in stderr.read_text(), stderr.read_text()[-3000:]
     for i in range(2):  # each process logged events against posts, some of them written by the other one
         log = read_event_log(tmp_path / "log" / f"process-{i}")
         assert log.height > 0 and set(log["item_id"]) <= {posts[0], posts[-1]}

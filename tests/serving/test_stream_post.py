@@ -1,6 +1,7 @@
-"""The generative module in the running service, on the real language model (short posts):
-StreamPost streams a grounded post token by token, the post joins the user's next feed with its
-provenance, events logged against it are accepted, and GetFeed never waits for generation."""
+"""The generative module in the running service, on the real language model (short posts) behind a
+real generation service: StreamPost streams a grounded post token by token, the post joins the
+user's next feed with its provenance, events logged against it are accepted, GetFeed never waits
+for generation, and the background writer's feed calls wait for GetFeed's slots."""
 
 import dataclasses
 
@@ -9,8 +10,10 @@ import pytest
 
 from feedcore.config import BlendConfig
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from generation.service import create_generation_server
 from serving.event_log import EventLog
 from serving.generated_posts import make_generated_posts
+from serving.generation_service import make_post_writer
 from serving.pipeline import FeedPipeline
 from serving.server import create_server
 
@@ -18,22 +21,33 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def engine(trained_engine, llm_cache_dir):
+def engine(trained_engine, llm_cache_dir, tmp_path_factory):
     return dataclasses.replace(
         trained_engine,
         generation=dataclasses.replace(trained_engine.generation, enabled=True, cache_dir=str(llm_cache_dir),
-                                       max_new_tokens=24, num_candidates=1, max_tries=1, warm_users=0),
+                                       max_new_tokens=24, num_candidates=1, max_tries=1, warm_users=0,
+                                       store=str(tmp_path_factory.mktemp("store") / "posts.sqlite")),
         serving=dataclasses.replace(trained_engine.serving, api_keys=(KEY,), metrics_port=0,
                                     blend=BlendConfig(type_shares={"generated": 0.2})),
     )
 
 
 @pytest.fixture(scope="module")
-def running(engine, tmp_path_factory):
+def generation(engine, tmp_path_factory):
+    """The generation service (`feed serve-generation`'s server) on a Unix socket."""
+    service = create_generation_server(make_post_writer(engine), f"unix://{tmp_path_factory.mktemp('gen')}/gen.sock")
+    service.server.start()
+    yield service
+    service.server.stop(0).wait()
+
+
+@pytest.fixture(scope="module")
+def running(engine, generation, tmp_path_factory):
     pipeline = FeedPipeline.from_artifacts(engine)
     log = EventLog(tmp_path_factory.mktemp("log"))
     running = create_server(engine.serving, pipeline, log)
-    running.servicer.posts = make_generated_posts(engine, lambda: running.servicer.pipeline, running.metrics)
+    running.servicer.posts = make_generated_posts(engine, generation.address, lambda: running.servicer.pipeline,
+                                                  running.servicer.gated_feed, running.metrics)
     running.server.start()
     yield running
     running.server.stop(0).wait()
@@ -89,7 +103,7 @@ def test_get_feed_never_waits_for_generation_and_queues_the_user(stub, running):
     feed = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=10), timeout=30)
     assert len(feed.items) == 10 and all(i.content_type != "generated" for i in feed.items)
     assert worker.wait_idle(timeout=240)  # the request queued a post for user 5, written in the background
-    assert running.servicer.posts.cache.ready("5")
+    assert running.servicer.posts.store.ready("5")
     later = stub.GetFeed(feed_pb2.GetFeedRequest(user_id="5", page_size=10), timeout=30)
     assert any(i.content_type == "generated" for i in later.items)
 
@@ -103,20 +117,24 @@ def test_stream_post_refuses_bad_requests(stub):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens must be 0..24" in e.value.details()
 
 
-def test_posts_are_checked_against_the_catalogue_serving_now(running):
-    """A hot reload that brings new items: the next post planned is grounded in the new catalogue."""
-    import copy
+def test_the_background_writer_waits_for_getfeed_s_slots(running):
+    """Planning a post is a feed call: with every `feed_concurrency` slot held by GetFeeds, it waits."""
+    import threading
 
-    posts, old = running.servicer.posts, running.servicer.pipeline
-    reloaded = copy.copy(old)  # the served pipeline with one more titled item, as a reload would bring
-    reloaded.catalog = {**old.catalog, "new-item": ("movie", "Lighthouse Keepers of Orkney (2026)")}
-    assert not posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
-    running.servicer.pipeline = reloaded
+    slots, posts = running.servicer._feed_slots, running.servicer.posts
+    held = 0
+    while slots.acquire(blocking=False):  # what GetFeeds in progress hold
+        held += 1
+    assert held == running.servicer.config.feed_concurrency > 0
+    planned = threading.Event()
+    thread = threading.Thread(target=lambda: (posts.plan("1"), planned.set()), daemon=True)
     try:
-        assert posts.plan("1") is not None
-        found = posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
-        assert [m.item_ids for m in found] == [("new-item",)]
+        thread.start()
+        assert not planned.wait(2.0)  # no slot: it waits
+        slots.release()
+        held -= 1
+        assert planned.wait(60)  # a slot: it plans
     finally:
-        running.servicer.pipeline = old
-        posts.ground_in(old)
-    assert not posts.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
+        for _ in range(held):
+            slots.release()
+        thread.join(60)

@@ -1,0 +1,90 @@
+"""`feed serve-generation`: the generation service's process (`generation.service`).
+
+It loads the language model, the served catalogue (what posts are grounded in) and the served
+ranker (the critic's value of a candidate post, as the feed would rank it), then serves
+`generation.v1.GenerationService` until SIGTERM / SIGINT: NOT_SERVING, calls in progress get
+GRACE_SECONDS, then it exits. It decodes in its own process, so decoding never competes with a
+feed server's interpreter, and it may run on another machine (a GPU box) with the same artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from feedcore.config import EngineConfig
+from feedcore.text import load_text_encoder
+from generation.critic import Critic
+from generation.grounding import Catalog
+from generation.guardrails import Guardrails
+from generation.interface import SourceItem
+from generation.llm import make_language_model
+from generation.service import create_generation_server
+from generation.writer import PostWriter
+from serving.generated_posts import TextEmbeddings
+from serving.pipeline import FeedPipeline
+
+logger = logging.getLogger(__name__)
+GRACE_SECONDS = 10.0  # a batch under way gets this long at shutdown
+
+
+def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
+    """Every titled item `pipeline` serves, for the grounding check."""
+    return Catalog((item_id, title, content_type) for item_id, (content_type, title) in pipeline.catalog.items())
+
+
+def post_value(pipeline: FeedPipeline, text_embeddings: TextEmbeddings) -> Callable:
+    """The critic's value function: the value model's score of each candidate text for its user,
+    as the feed would rank the post (the same hydration, ranker and weights as GetFeed)."""
+
+    def value(user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
+        source_ids = tuple(s.item_id for s in sources)
+        return pipeline.score_posts(user_id, [source_ids] * len(texts), text_embeddings(list(texts)))
+
+    return value
+
+
+def make_post_writer(engine: EngineConfig, pipeline: FeedPipeline | None = None) -> PostWriter:
+    """The service's writer: the language model (converted weights cached under
+    `engine.llm_cache_dir`), grounded in `pipeline`'s catalogue, guarded, with its ranker as the
+    critic's value (the pipeline is loaded from `engine`'s artifacts when not given)."""
+    config = engine.generation
+    pipeline = pipeline if pipeline is not None else FeedPipeline.from_artifacts(engine)
+    lm = make_language_model(config, engine.llm_cache_dir)
+    critic = Critic(lm, value_fn=post_value(pipeline, TextEmbeddings(load_text_encoder())))
+    return PostWriter(lm, grounding_catalog(pipeline), Guardrails(config.guardrails), config, critic)
+
+
+def serve_generation(engine: EngineConfig, address: str, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the generation service at `address` until SIGTERM / SIGINT (see the module doc)."""
+    writer = make_post_writer(engine)
+    running = create_generation_server(writer, address)
+    stopping = threading.Event()
+
+    def shutdown(signum, _frame) -> None:
+        logger.info("signal %s: stopping the generation service", signal.Signals(signum).name)
+        running.health.enter_graceful_shutdown()
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    running.server.start()
+    logger.info("generation service: %s on %s, %d titles to ground posts in", writer.model_version,
+                running.address, len(writer.catalog))
+    if on_ready is not None:
+        on_ready(running.address)
+    stopping.wait()
+    running.server.stop(GRACE_SECONDS).wait(GRACE_SECONDS + 5.0)
+    logger.info("generation service stopped")
+    # A batch still decoding after the grace period is cut off: its worker thread would hold up the exit.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
