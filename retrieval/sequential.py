@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.ops import Dropout
+
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
     """(B, 1, L, L) boolean mask: query t may attend key s when s <= t and s is not padding.
@@ -37,8 +39,8 @@ class SASRecBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim))
+        self.dropout = Dropout(dropout)
         self.attn_dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class HSTUBlock(nn.Module):
         self.uvqk = nn.Linear(dim, 4 * dim)
         self.attn_norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # One learned bias per head and relative distance 0..max_len-1 (keys after the query are masked).
         self.relative_bias = nn.Parameter(torch.zeros(num_heads, max_len))
 
@@ -105,7 +107,7 @@ class SequentialEncoder(nn.Module):
         if kind not in ("sasrec", "hstu"):
             raise ValueError(f"unknown sequential encoder {kind!r}: expected sasrec or hstu")
         self.position = nn.Embedding(max_len, dim)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(dim, num_heads, dropout) if kind == "sasrec" else HSTUBlock(dim, num_heads, dropout, max_len)
             for _ in range(num_blocks)
