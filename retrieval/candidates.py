@@ -7,6 +7,9 @@ Sources, each tagging its candidates with its name (for explanations and as a ra
 - ``social``: items engaged by the accounts the user follows, scored by how many of them engaged;
 - ``follow``: accounts to follow: those followed by the accounts the user follows (friends of
   friends), scored by how many of them follow it;
+- ``fresh``: new items: those with at most `fresh_max_events` training events, embedded by the
+  item tower from their content alone and searched with the user's embedding in an index of their
+  own, so they are not crowded out by trained items (`[candidates] fresh` sets its quota);
 - ``popular``: trending items per content type (event counts, decayed by age when the data has
   time), interleaved across types: the fallback, and the whole list for a user with no history.
 
@@ -26,12 +29,13 @@ from typing import Protocol
 
 import numpy as np
 import polars as pl
+import torch
 
 from feedcore.config import CandidatesConfig
 from feedcore.features import FeatureSpec, pad_histories
 from feedcore.features import history_events as select_events  # the parameter name is taken below
 from feedcore.schemas import ACCOUNT, CanonicalDataset, account_item_id
-from retrieval.embed import embed_users
+from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
 
@@ -40,6 +44,7 @@ EXPLANATIONS = {
     "ann": "close to what you engaged with recently",
     "social": "engaged by accounts you follow",
     "follow": "followed by accounts you follow",
+    "fresh": "new, and like what you engaged with",
     "popular": "trending",
 }
 
@@ -116,6 +121,33 @@ class AnnSource:
         for content_type, share in self.type_shares.items():
             out += _search(self.index, query, max(1, round(k * share / total)), content_type, exclude)
         return sorted(out, key=lambda c: -c[1])[:k]
+
+
+class FreshSource(AnnSource):
+    """New items for the user: the nearest of the items with few or no events, whose embeddings
+    come from their content alone (`fresh_index`), in their own index.
+    """
+
+    name = "fresh"
+
+    def __init__(self, model: TwoTower, index: ItemIndex, spec: FeatureSpec) -> None:
+        super().__init__(model, index, spec)
+
+
+def fresh_items(spec: FeatureSpec, events: pl.DataFrame, max_events: int) -> np.ndarray:
+    """Vocabulary indices (row 0, "unknown", left out) of items with at most `max_events` of
+    `events`: the fresh-items source's catalogue."""
+    counts = np.bincount(spec.items.encode(events["item_id"]), minlength=len(spec.items))
+    return np.flatnonzero(counts[1:] <= max_events) + 1
+
+
+def fresh_index(model: TwoTower, spec: FeatureSpec, items: np.ndarray, *, model_version: str = "") -> ItemIndex:
+    """An exact index of `items` (vocabulary indices) embedded from their content alone, one
+    shard per content type."""
+    embeddings = embed_items(model, items, content_only=True)
+    types = [spec.content_types.decode(int(t)) for t in model.content_type[torch.from_numpy(items)].tolist()]
+    ids = [spec.items.values[i - 1] for i in items]
+    return ItemIndex.build(embeddings, ids, types, "Flat", model_version=model_version, exact_below=len(items) + 1)
 
 
 def _search(index: ItemIndex, query: np.ndarray, k: int, content_type: str | None,
@@ -265,16 +297,21 @@ def make_candidate_generator(
     data: CanonicalDataset,
     history_events: tuple[str, ...],
 ) -> CandidateGenerator:
-    """The sources `config` asks for, in order ann → social → follow → popular (the fallback).
-    Popularity counts the history events; the social sources (left out when the data has no
-    follow graph) see every event and edge."""
+    """The sources `config` asks for, in order ann → social → follow → fresh → popular (the
+    fallback). Popularity and the fresh items' event counts read the history events; the social
+    sources (left out when the data has no follow graph) see every event and edge."""
     sources: list[tuple[CandidateSource, int]] = [
         (AnnSource(model, index, spec, config.ann_type_shares or None), config.ann)]
     graph = SocialGraph(data.edges, data.events, data.items)
     if graph:
         catalog = set(data.items.filter(pl.col("content_type") == ACCOUNT)["item_id"].to_list())
         sources += [(SocialSource(graph), config.social), (FollowSource(graph, catalog), config.follow)]
+    events = select_events(data.events, history_events)
+    if config.fresh > 0:
+        items = fresh_items(spec, events, config.fresh_max_events)
+        if len(items):
+            sources.append((FreshSource(model, fresh_index(model, spec, items, model_version=index.model_version),
+                                        spec), config.fresh))
     sources = [(s, k) for s, k in sources if k > 0]
-    sources.append((PopularSource(select_events(data.events, history_events), config.popular_half_life_days),
-                    config.popular))
+    sources.append((PopularSource(events, config.popular_half_life_days), config.popular))
     return CandidateGenerator(sources)

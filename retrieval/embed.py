@@ -9,12 +9,12 @@ from retrieval.model import TwoTower
 
 
 @torch.no_grad()
-def embed_items(model: TwoTower, item: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """(N, D) float32 embeddings of item indices `item`."""
+def embed_items(model: TwoTower, item: np.ndarray, batch_size: int = 8192, *, content_only: bool = False) -> np.ndarray:
+    """(N, D) float32 embeddings of item indices `item` (`content_only`: from content alone)."""
     if model.training:  # eval() walks every module: a per-request cost when serving
         model.eval()
     device = next(model.parameters()).device
-    out = [model.item_embeddings(torch.from_numpy(item[i : i + batch_size]).to(device)).cpu()
+    out = [model.item_embeddings(torch.from_numpy(item[i : i + batch_size]).to(device), content_only).cpu()
            for i in range(0, len(item), batch_size)]
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.args.embedding_dim), np.float32)
 

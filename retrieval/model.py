@@ -177,15 +177,17 @@ class TwoTower(nn.Module):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.args.normalize else x
 
-    def item_embeddings(self, item: torch.Tensor) -> torch.Tensor:
-        """(n, D) embeddings of item indices `item` (n,)."""
+    def item_embeddings(self, item: torch.Tensor, content_only: bool = False) -> torch.Tensor:
+        """(n, D) embeddings of item indices `item` (n,); `content_only`: through the shared
+        "unknown" id row, from content alone (what an item with no events gets, the fresh-items
+        source's embedding of items with few events)."""
         starts = self.category_offsets[item]
         lengths = self.category_offsets[item + 1] - starts
         offsets = torch.cumsum(lengths, 0) - lengths
         # The category values of the selected items, concatenated in order.
         index = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()), device=item.device)
         text = self.text[item] if self.text is not None else None
-        id_row = self.id_row[item]
+        id_row = torch.zeros_like(item) if content_only else self.id_row[item]
         if self.training and self.args.id_dropout > 0:
             id_row = id_row.masked_fill(torch.rand(len(item), device=item.device) < self.args.id_dropout, 0)
         out = self.item_tower(id_row, self.content_type[item], self.category_values[index], offsets, text)

@@ -145,7 +145,7 @@ def ranks_in_chunks(
             scores = torch.zeros(b, n)
         if offset_t is not None:
             scores += offset_t
-        tgt = torch.from_numpy(np.asarray(target[rows], np.int64))
+        tgt = torch.from_numpy(np.array(target[rows], np.int64))
         r = torch.arange(b)
         target_score = scores[r, tgt].clone()
         cols = [np.asarray(c, np.int64) for c in exclude[rows.start : rows.stop]]

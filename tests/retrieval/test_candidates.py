@@ -1,5 +1,6 @@
 """The candidate layer: ANN per content type, the social graph, trending, and their merge."""
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -7,20 +8,26 @@ import polars as pl
 import pytest
 import torch
 
+from feedcore.config import CandidatesConfig
 from feedcore.datasets import load_dataset
-from feedcore.features import FeatureSpec, Vocabulary
+from feedcore.features import FeatureSpec, Vocabulary, build_feature_spec, item_features, pad_histories
 from feedcore.schemas import account_item_id
 from retrieval.candidates import (
     AnnSource,
     CandidateGenerator,
     FollowSource,
+    FreshSource,
     PopularSource,
     SocialGraph,
     SocialSource,
     UserState,
+    fresh_index,
+    fresh_items,
+    make_candidate_generator,
 )
-from retrieval.embed import embed_items
+from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
+from retrieval.model import TwoTower, TwoTowerArgs
 from tests.retrieval.test_retrieval import _tiny_model
 
 NOBODY = UserState("nobody", np.zeros(0, np.int64), frozenset())
@@ -137,3 +144,57 @@ def test_generator_quotas_first_source_wins_seen_excluded_and_fallback_fills():
     # A cold user: sources that find nothing hand their quota to the fallback.
     cold = CandidateGenerator([(_Fixed("first", []), 3), (fallback, 2)]).generate(NOBODY)
     assert cold.item_ids == ["a", "f", "g", "h", "i"]
+
+
+def test_fresh_source_finds_the_nearest_items_with_few_events_from_content_alone():
+    torch.manual_seed(0)
+    model = _tiny_model("mean", n_items=30).eval()
+    model.id_row = torch.arange(30)  # every item has a trained id row: content-only must ignore it
+    model.content_type = torch.arange(30) % 2 + 1  # vocabulary indices of "a" and "b"
+    ids = [f"i{i}" for i in range(1, 30)]
+    spec = FeatureSpec(Vocabulary(("u",)), Vocabulary(tuple(ids)), Vocabulary(("a", "b")), Vocabulary(()), 6)
+    # Items i1..i19 have 3 events each, i20..i29 one or none.
+    events = pl.DataFrame({"item_id": [f"i{i}" for i in range(1, 20) for _ in range(3)] + ["i20", "i25"]})
+    items = fresh_items(spec, events, max_events=1)
+    assert [spec.items.values[i - 1] for i in items] == [f"i{i}" for i in range(20, 30)]
+    source = FreshSource(model, fresh_index(model, spec, items, model_version="m"), spec)
+    got = source.candidates(_user("u", {"i21"}), 4, {"i21"})
+    # Brute force: the user embedding against the content-only embeddings of the fresh items.
+    query = embed_users(model, np.array([spec.users.encode_one("u")]), pad_histories([np.array([1, 2, 3])], 6))[0]
+    content = embed_items(model, items, content_only=True)
+    assert not np.allclose(content, embed_items(model, items))  # not the id embeddings
+    brute = {spec.items.values[i - 1]: float(s) for i, s in zip(items, content @ query, strict=True)}
+    best = sorted((s for i, s in brute.items() if i != "i21"), reverse=True)[:4]
+    assert [s for _, s, _ in got] == pytest.approx(best, abs=1e-5)  # the exact top 4 (items with equal
+    assert all(brute[i] == pytest.approx(s, abs=1e-5) for i, s, _ in got)  # content tie: either may come)
+    assert "i21" not in {i for i, _, _ in got}
+    types = ["_ab"[t] for t in model.content_type[torch.from_numpy(items)].tolist()]
+    assert all(t == types[[spec.items.values[i - 1] for i in items].index(i)] for i, _, t in got)
+    assert source.candidates(NOBODY, 4, set()) == []
+
+
+def test_make_candidate_generator_adds_the_fresh_source_with_its_quota(bundled_data):
+    ds = load_dataset("ml-latest-small", bundled_data)
+    spec = build_feature_spec(ds.items, ds.users, max_history=6)
+    ratings = ds.events.filter(pl.col("event") == "rating")
+    feats = item_features(ds.items, ratings, spec)
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerArgs(len(spec.users), len(spec.items), len(spec.content_types),
+                                  max(2, len(spec.categories)), 8, 16), feats).eval()
+    everything = np.arange(1, len(spec.items))
+    index = ItemIndex.build(embed_items(model, everything), list(spec.items.values),
+                            [spec.content_types.decode(int(t)) for t in model.content_type[1:].tolist()],
+                            "Flat", model_version="m")
+    config = CandidatesConfig(ann=10, social=0, follow=0, fresh=5, fresh_max_events=0, popular=5)
+    generator = make_candidate_generator(config, model=model, index=index, spec=spec, data=ds,
+                                         history_events=("rating",))
+    assert [s.name for s, _ in generator.sources] == ["ann", "fresh", "popular"]
+    unrated = set(ds.items["item_id"]) - set(ratings["item_id"])
+    user = ratings["user_id"][0]
+    history = spec.items.encode(ratings.filter(pl.col("user_id") == user)["item_id"])[-6:]
+    found = generator.generate(UserState(user, history, frozenset()))
+    fresh = [i for i, s in zip(found.item_ids, found.sources, strict=True) if s == "fresh"]
+    assert len(fresh) == 5 and set(fresh) <= unrated and len(set(found.item_ids)) == len(found) == 20
+    off = make_candidate_generator(dataclasses.replace(config, fresh=0), model=model, index=index, spec=spec,
+                                   data=ds, history_events=("rating",))
+    assert [s.name for s, _ in off.sources] == ["ann", "popular"]
