@@ -80,24 +80,29 @@ def test_each_exploring_session_logs_its_whole_ranking(exploring_run):
 
 
 def test_ope_estimates_cover_the_simulators_true_value(exploring_run):
-    """IPS, SNIPS and DR of both arms' policies from both arms' pages: each interval holds the
-    simulator's exact value of that policy on those pages, and the estimates tell the arms apart
-    as the truth does. A log without rankings could not be evaluated at all."""
+    """IPS, SNIPS and DR of both arms' policies from both arms' pages, against the simulator's exact
+    value of that policy on those pages: each estimate within 3.5 standard errors of it (one run
+    is one draw: a 95% interval misses 1 time in 20, and three estimators on shared pages miss
+    together; benchmarks/ope_simulated.py measures the intervals' coverage over repeated runs).
+    A log without rankings could not be evaluated at all."""
     run, sim, events, rankings, contexts, policies = exploring_run
     rows = simulated_ope(events, "ope", run, sim, SimulatedOPE(rankings, contexts, policies))
     assert len(rows) == 4
     for r in rows:
         for e in (r.estimates.ips, r.estimates.snips, r.estimates.dr):
-            assert e.ci_low <= r.truth <= e.ci_high, (r.estimates.target, r.estimates.logged_by, e, r.truth)
+            assert abs(e.value - r.truth) <= 3.5 * e.se, (r.estimates.target, r.estimates.logged_by, e, r.truth)
+            assert e.ci_low < e.value < e.ci_high and e.ci_high - e.ci_low < 0.5 * r.truth
         if r.estimates.logged_by.endswith(r.estimates.target):  # on-policy: weights 1, the plain mean
             assert r.estimates.ips.effective_pages == pytest.approx(r.estimates.pages)
             assert r.estimates.ips.value == pytest.approx(r.on_policy[0])
-    # a policy far from the logging one (the ranking reversed, sharper): still covered, and a lower truth
+        else:
+            assert 0.2 * r.estimates.pages < r.estimates.ips.effective_pages < r.estimates.pages
+    # a policy far from the logging one (the ranking reversed, sharper): a lower truth, still found
     pages = logged_pages(rankings, events, "ope/control", run.start_ms, run.end_ms)
     worse = dataclasses.replace(policies[0], name="reversed", weights={"engage": -1.0}, temperature=0.2)
     truth, _ = true_policy_value(pages, worse, contexts, sim)
     reversed_dr = estimate(pages, worse, seed=1).dr
-    assert truth < rows[0].truth and reversed_dr.ci_low <= truth <= reversed_dr.ci_high, (truth, reversed_dr)
+    assert truth < rows[0].truth and abs(reversed_dr.value - truth) <= 3.5 * reversed_dr.se, (truth, reversed_dr)
     with pytest.raises(ValueError, match="no Plackett-Luce session rankings"):
         logged_pages(rankings.clear(), events, "ope/control")
 
