@@ -262,7 +262,7 @@ class GenerationConfig:
     warm_users: int = 100  # most active users generated for at start
     refresh_after_events: int = 3  # a user's post is rewritten after this many new engagements
     cache_ttl_s: float = 86_400.0
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"  # "v1": the prompt before issue 20 (no plan, no decoding constraint)
     seed: int = 0
     guardrails: GuardrailConfig = GuardrailConfig()
 
