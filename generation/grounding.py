@@ -218,6 +218,7 @@ class Catalog:
                 if key:
                     keys.setdefault(key, []).append(item_id)
         self._keys = {k: tuple(v) for k, v in keys.items()}
+        self.categories: list[Sequence[str]] = []  # every item's categories, when known (`from_items`)
         titles_with: Counter[str] = Counter()
         for shown in self.titles.values():
             titles_with.update(set(title_key(shown)))
@@ -230,8 +231,11 @@ class Catalog:
     @classmethod
     def from_items(cls, items: pl.DataFrame) -> Catalog:
         """From a canonical items table (item_id, title, content_type)."""
-        return cls(zip(items["item_id"].cast(pl.String).to_list(), items["title"].to_list(),
-                       items["content_type"].to_list(), strict=True))
+        catalog = cls(zip(items["item_id"].cast(pl.String).to_list(), items["title"].to_list(),
+                          items["content_type"].to_list(), strict=True))
+        if "categories" in items.columns:
+            catalog.categories = [c for c in items["categories"].to_list() if c]
+        return catalog
 
     def __len__(self) -> int:
         return len(self.titles)

@@ -128,6 +128,10 @@ class Guardrails:
             logger.info("generated post refused by guardrails: %s (%s)", reason, detail)
         return reason
 
+    def would_refuse(self, text: str, surface: str = "home", creator_ids: Sequence[str] = ()) -> str | None:
+        """What `check` would answer, without counting or logging (for drafts, such as a stream's)."""
+        return self._find(text, surface, creator_ids)[0]
+
     def _find(self, text: str, surface: str, creator_ids: Sequence[str]) -> tuple[str | None, str]:
         blocked = [self._blocked, self._surface.get(surface)] + [self._creator.get(c) for c in creator_ids]
         for pattern in blocked:

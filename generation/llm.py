@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -160,6 +161,179 @@ class SeededSampler:
         return out.scatter_(1, picks.to(scores.device), 0.0)
 
 
+SENTENCES_KEY = "sentences"
+"""... and ``{"sentences": n}``: the completion ends after its n-th finished sentence."""
+TITLES_KEY = "titles"
+"""A prompt's message may carry ``{"titles": [...]}``: the only titles the completion may name (see
+`TitleConstraint`). Chat templates read only role and content, so the key never reaches the model."""
+
+_CLOSER = re.compile(r'^"[.,!?;:]?$')
+_OPENER = re.compile(r'^ ?"$')
+_SENTENCE_END_TOKEN = re.compile(r"[.!?…]\W*$|\n")
+
+
+def prompt_sentences(prompt: Prompt) -> int:
+    """The most sentences a prompt's completion may hold (`SENTENCES_KEY`); 0: no limit."""
+    if isinstance(prompt, str):
+        return 0
+    return next((int(m[SENTENCES_KEY]) for m in prompt if SENTENCES_KEY in m), 0)
+
+
+def prompt_titles(prompt: Prompt) -> tuple[str, ...] | None:
+    """The titles a prompt allows (`TITLES_KEY`), or None when it sets no constraint."""
+    if isinstance(prompt, str):
+        return None
+    for message in prompt:
+        if TITLES_KEY in message:
+            return tuple(message[TITLES_KEY])
+    return None
+
+
+def _continued(prompt: Prompt) -> bool:
+    return not isinstance(prompt, str) and bool(prompt) and prompt[-1].get("role") == "assistant"
+
+
+class _Vocabulary:
+    """Per-token facts `TitleConstraint` needs, computed once per tokenizer (~2 s)."""
+
+    def __init__(self, tokenizer) -> None:
+        size = len(tokenizer)
+        pieces = [tokenizer.decode([i]) for i in range(size)]
+        self.tokenizer = tokenizer
+        special = set(tokenizer.all_special_ids)
+        upper = torch.zeros(size, dtype=torch.bool)
+        banned = torch.zeros(size, dtype=torch.bool)
+        self.sentence_end = [False] * size
+        self.openers: list[int] = []
+        self.closers: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i in special:
+                continue
+            word = piece.lstrip()
+            if word[:1].isupper():
+                upper[i] = True
+            if _OPENER.match(piece):
+                self.openers.append(i)
+            elif _CLOSER.match(piece):
+                self.closers.append(i)
+            if '"' in piece or "“" in piece or "”" in piece or "*" in piece or "#" in piece or "<|" in piece:
+                banned[i] = True  # quotes only through the openers and closers; no markdown
+            self.sentence_end[i] = bool(_SENTENCE_END_TOKEN.search(piece))
+        for i in self.openers:
+            banned[i] = False
+        self.upper, self.banned, self.banned_inside = upper, banned, banned | upper
+        self.eos = tokenizer.eos_token_id
+        self._tries: dict[tuple[str, ...], dict] = {}
+
+    def trie(self, titles: tuple[str, ...]) -> dict:
+        """Nested {token id: subtree} over the titles' tokens; key None marks a title's end (its value: the title)."""
+        if titles not in self._tries:
+            root: dict = {}
+            for title in titles:
+                node = root
+                for token in self.tokenizer(title, add_special_tokens=False)["input_ids"]:
+                    node = node.setdefault(token, {})
+                node[None] = title
+            self._tries[titles] = root
+        return self._tries[titles]
+
+
+class TitleConstraint:
+    """A logits processor that lets a completion name only the given titles, in double quotes.
+
+    Per row it tracks where the completion stands:
+    - outside quotes, a double quote opens a title, and the tokens after it must follow the trie of
+      the allowed titles' tokens; at a title's end only a closing quote may follow;
+    - outside quotes, no other token holds a quote mark (or markdown's "*" and "#"), and inside a
+      sentence no word may start with a capital letter (but "I"): every name the completion can
+      write is a quoted source title, so it can invent no other title, person or place.
+
+    Args:
+        vocabulary: the tokenizer's token facts.
+        titles: per batch row, the allowed titles (None: the row is not constrained).
+        start: the prompt's length in tokens (where the completions begin).
+        no_repeat_ngram: token n-grams of the completion (outside titles) that may not repeat.
+        continued: per row, whether the completion continues an answer's opening (mid-sentence).
+    """
+
+    def __init__(self, vocabulary: _Vocabulary, titles: Sequence[tuple[str, ...] | None], start: int,
+                 no_repeat_ngram: int = NO_REPEAT_NGRAM, continued: Sequence[bool] | None = None,
+                 sentences: Sequence[int] | None = None, openings: dict[int, str] | None = None) -> None:
+        self.vocab, self.start, self.ngram = vocabulary, start, no_repeat_ngram
+        # Each title is named once: the ones a continued opening names already are used up.
+        self.left = [None if t is None else tuple(x for x in t if not (continued and continued[row] and
+                                                                         f'"{x}"' in (openings or {}).get(row, "")))
+                     for row, t in enumerate(titles)]
+        self.tries = [None if t is None else vocabulary.trie(t) for t in self.left]
+        self.node: list[dict | None] = [None] * len(titles)  # inside quotes: the trie node reached
+        # A completion that continues a given opening starts inside its sentence.
+        self.sentence_start = [not c for c in continued] if continued is not None else [True] * len(titles)
+        # The completion's own n-grams (not the prompt's: a title is copied from the prompt, and
+        # transformers' no_repeat_ngram_size would ban that copy), outside titles.
+        self.seen: list[dict[tuple[int, ...], set[int]]] = [{} for _ in titles]
+        self.sentences_left = list(sentences) if sentences is not None else [0] * len(titles)
+        self.ended = [False] * len(titles)
+
+    def _advance(self, row: int, token: int) -> None:
+        vocab, node = self.vocab, self.node[row]
+        if node is not None:
+            if token in vocab.closers:
+                self.node[row] = None
+                if isinstance(node.get(None), str):  # that title is used up
+                    self.left[row] = tuple(t for t in self.left[row] if t != node[None])
+                    self.tries[row] = vocab.trie(self.left[row])
+            else:
+                self.node[row] = node.get(token, {})
+            self.sentence_start[row] = vocab.sentence_end[token]
+        elif token in vocab.openers:
+            self.node[row] = self.tries[row]
+            self.sentence_start[row] = False
+        else:
+            self.sentence_start[row] = vocab.sentence_end[token] or (self.sentence_start[row] and
+                                                                      not vocab.tokenizer.decode([token]).strip())
+        if (self.node[row] is None and self.sentence_start[row] and vocab.sentence_end[token]
+                and self.sentences_left[row] > 0):
+            self.sentences_left[row] -= 1
+            self.ended[row] = self.sentences_left[row] == 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = self.vocab
+        n = self.ngram
+        done = input_ids.shape[1] - self.start
+        tails = input_ids[:, max(self.start, input_ids.shape[1] - n):].tolist() if n > 0 else None
+        if done > 0:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if self.tries[row] is not None:
+                    self._advance(row, token)
+                    if tails is not None and len(tails[row]) == n:
+                        self.seen[row].setdefault(tuple(tails[row][:-1]), set()).add(tails[row][-1])
+        for row, trie in enumerate(self.tries):
+            if trie is None:
+                continue
+            node = self.node[row]
+            if self.ended[row]:  # its last sentence is finished
+                scores[row] = float("-inf")
+                scores[row, vocab.eos] = 0.0
+                continue
+            if tails is not None and node is None:
+                repeats = self.seen[row].get(tuple(tails[row][-(n - 1):]) if n > 1 else ())
+                if repeats:
+                    scores[row, list(repeats)] = float("-inf")
+            if node is not None:
+                allowed = [t for t in node if t is not None] + (vocab.closers if None in node else [])
+                keep = torch.full_like(scores[row], float("-inf"))
+                keep[allowed or vocab.closers] = 0.0
+                scores[row] = scores[row] + keep
+            else:
+                ban = vocab.banned if self.sentence_start[row] else vocab.banned_inside
+                scores[row] = scores[row].masked_fill(ban.to(scores.device), float("-inf"))
+                if not self.left[row]:  # every title named: no more quotes
+                    scores[row, vocab.openers] = float("-inf")
+            if not torch.isfinite(scores[row]).any():  # everything banned (a repeat ban on a title): end
+                scores[row, vocab.eos] = 0.0
+        return scores
+
+
 class _StopWhenSet:
     """A stopping criterion: stop every row once `event` is set (a stream's reader went away)."""
 
@@ -176,6 +350,10 @@ class _Decoding:
     temperature: float
     top_p: float
     seeds: tuple[int, ...]
+    titles: tuple[tuple[str, ...] | None, ...] | None = None
+    continued: tuple[bool, ...] | None = None
+    sentences: tuple[int, ...] | None = None
+    openings: dict[int, str] | None = None
 
 
 class TransformersLanguageModel:
@@ -203,12 +381,16 @@ class TransformersLanguageModel:
         self.threads = threads
         self.no_repeat_ngram = no_repeat_ngram
         self.device = next(model.parameters()).device
+        self._vocabulary: _Vocabulary | None = None
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The text a prompt is decoded from (chat messages through the chat template)."""
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        if messages[-1]["role"] == "assistant":  # the answer's start is given: the model continues it
+            return self.tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _encode(self, prompts: Sequence[Prompt]):
         texts = [self.prompt_text(p) for p in prompts]
@@ -217,10 +399,18 @@ class TransformersLanguageModel:
 
     def _generate_kwargs(self, enc, decoding: _Decoding) -> dict:
         processors = []
+        titles = decoding.titles
+        if titles is not None and any(t is not None for t in titles):
+            if self._vocabulary is None:
+                self._vocabulary = _Vocabulary(self.tokenizer)
+            processors.append(TitleConstraint(self._vocabulary, titles, enc["input_ids"].shape[1],
+                                              self.no_repeat_ngram, decoding.continued, decoding.sentences,
+                                              decoding.openings))
         if decoding.temperature > 0:
             processors.append(SeededSampler(decoding.temperature, decoding.top_p, decoding.seeds))
         return dict(**enc, max_new_tokens=decoding.max_new_tokens, do_sample=False, num_beams=1,
-                    logits_processor=processors, no_repeat_ngram_size=self.no_repeat_ngram,
+                    logits_processor=processors,
+                    no_repeat_ngram_size=0 if titles is not None and any(titles) else self.no_repeat_ngram,
                     pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
                     temperature=None, top_p=None, top_k=None)
 
@@ -245,7 +435,10 @@ class TransformersLanguageModel:
         """
         if not prompts:
             return []
-        decoding = _Decoding(max_new_tokens, temperature, top_p, self._seeds(seeds, len(prompts)))
+        decoding = _Decoding(max_new_tokens, temperature, top_p, self._seeds(seeds, len(prompts)),
+                             tuple(prompt_titles(p) for p in prompts), tuple(_continued(p) for p in prompts),
+                             tuple(prompt_sentences(p) for p in prompts),
+                             {i: p[-1]["content"] for i, p in enumerate(prompts) if _continued(p)})
         enc = self._encode(prompts)
         with torch_threads(self.threads), torch.inference_mode():
             out = self.model.generate(**self._generate_kwargs(enc, decoding))  # (B, L + new)
@@ -264,7 +457,10 @@ class TransformersLanguageModel:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
         failure: list[BaseException] = []
-        kwargs = self._generate_kwargs(self._encode([prompt]), _Decoding(max_new_tokens, temperature, top_p, (seed,)))
+        kwargs = self._generate_kwargs(self._encode([prompt]), _Decoding(max_new_tokens, temperature, top_p, (seed,),
+                                                                            (prompt_titles(prompt),), (_continued(prompt),),
+                                                                            (prompt_sentences(prompt),),
+                                                                            {0: prompt[-1]["content"]} if _continued(prompt) else None))
 
         def decode() -> None:
             try:

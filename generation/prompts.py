@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from generation.interface import KINDS, ChatMessage, Kind, SourceItem
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v1"  # the config default; "v2" is the plan (generation.claims.make_plan)
 MAX_TITLE_WORDS = 6  # longer titles are cut at their first separator
 MAX_CASED_TITLE_WORDS = 12  # a cased title without separators is cut here (lower-cased ones at 6)
 _SMALL_WORDS = frozenset("a an and at by for in of on or the to with".split())
@@ -120,11 +120,68 @@ def _v1(sources: Sequence[SourceItem], interests: Sequence[str], kind: Kind) -> 
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-PROMPTS = {"v1": _v1}
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def fact_sentence(fact, noun: str) -> str:
+    """One source's catalog facts as a sentence the model may copy from (its only facts).
+
+    >>> from generation.claims import SourceFacts
+    >>> fact_sentence(SourceFacts("1", "The Matrix", 1999, ("Action", "Sci-Fi"), None, ""), "movies")
+    '"The Matrix" is a 1999 action and sci-fi movie.'
+    """
+    genres = [g.lower() for g in fact.genres[:3]]
+    if noun == "movies":
+        what = " ".join(x for x in (str(fact.year) if fact.year else "", _and(genres) if genres else "", "movie") if x)
+        return f'"{fact.title}" is a{"n" if what[0] in "aeiou8" else ""} {what}.'
+    parts = [f'"{fact.title}" is in {_and(genres)}' if genres else f'"{fact.title}" is a product']
+    if fact.creator:
+        parts.append(f"made by {fact.creator}")
+    return ", ".join(parts) + "."
+
+
+# Openings of the answer, filled from the plan (the model writes what follows): they vary with the
+# candidate, so a user's candidates differ, and every post names a source from its first words.
+OPENINGS: dict[str, tuple[str, ...]] = {
+    "digest": ('"{first}"', 'If you enjoy {interest}, "{first}"', 'Try "{first}"', 'Start with "{first}"'),
+    "because": ('Since you liked "{first}",', 'You enjoyed "{first}", so', 'Loved "{first}"? Then'),
+    "caption": ('"{first}"', 'Tonight: "{first}"', 'For a fan of {interest}: "{first}"'),
+}
+
+
+def _v2(sources: Sequence[SourceItem], interests: Sequence[str], kind: Kind, variant: int = 0) -> list[ChatMessage]:
+    """The plan as a prompt: each source's catalog facts (title, year, genres or categories, maker)
+    as one sentence, the titles the completion may name (`generation.llm.TITLES_KEY`: the decoder
+    writes them in quotes, exactly, and nothing else that looks like a name), and the answer's
+    opening (`OPENINGS`, picked by `variant`), which names the first source."""
+    from generation.claims import make_plan  # claims imports this module
+
+    plan = make_plan(sources, interests, kind)
+    noun = items_noun(sources)
+    system = "You write short, friendly posts for a feed. Write titles in double quotes. Use only the facts given."
+    likes = f"The reader enjoys {_and([i.lower() for i in plan.interests])}. " if plan.interests else ""
+    facts = " ".join(fact_sentence(f, noun) for f in plan.sources)
+    if kind == "because":
+        ask = f'They liked "{plan.sources[0].title}". Tell them in two short sentences why they may like the others.'
+    elif kind == "caption":
+        ask = f"Write one short, catchy sentence about these {noun}."
+    else:
+        ask = f"Recommend these {noun} in two short sentences."
+    openings = [o for o in OPENINGS[kind] if "{interest}" not in o or plan.interests]
+    opening = openings[variant % len(openings)].format(
+        first=plan.sources[0].title, interest=plan.interests[0].lower() if plan.interests else "")
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"{likes}{facts}\n{ask}", "titles": [f.title for f in plan.sources],
+             "sentences": 1 if kind == "caption" else 2},
+            {"role": "assistant", "content": opening}]
+
+
+PROMPTS = {"v1": _v1, "v2": _v2}
 
 
 def build_prompt(sources: Sequence[SourceItem], interests: Sequence[str], kind: Kind,
-                 version: str = PROMPT_VERSION) -> list[ChatMessage]:
+                 version: str = PROMPT_VERSION, variant: int = 0) -> list[ChatMessage]:
     """The chat messages asking the model for one post of `kind` about `sources`.
 
     Args:
@@ -132,9 +189,11 @@ def build_prompt(sources: Sequence[SourceItem], interests: Sequence[str], kind: 
         interests: the reader's interests in words (at most three are used).
         kind: "digest", "because" or "caption".
         version: the prompt set (`PROMPTS`).
+        variant: which opening ("v2": candidates of one user get different ones; "v1" has none).
 
     Returns:
-        [system message, user message].
+        [system message, user message], and for "v2" the answer's opening (an assistant message
+        the model continues; the post is that opening and the completion, `answer_opening`).
 
     Example:
         >>> items = [SourceItem("1", "Matrix, The (1999)", "movie", ("Action", "Sci-Fi")),
@@ -150,4 +209,13 @@ def build_prompt(sources: Sequence[SourceItem], interests: Sequence[str], kind: 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if version not in PROMPTS:
         raise ValueError(f"unknown prompt version {version!r}: one of {sorted(PROMPTS)}")
-    return PROMPTS[version](sources, interests, kind)
+    if version == "v1":
+        return _v1(sources, interests, kind)
+    return PROMPTS[version](sources, interests, kind, variant)
+
+
+def answer_opening(prompt) -> str:
+    """The start of the answer a prompt already gives (its last message, when the assistant's), or ""."""
+    if isinstance(prompt, str) or not prompt or prompt[-1].get("role") != "assistant":
+        return ""
+    return prompt[-1]["content"]
