@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from generation.interface import KINDS, ChatMessage, Kind, SourceItem
 
-PROMPT_VERSION = "v1"  # the config default; "v2" is the plan (generation.claims.make_plan)
+PROMPT_VERSION = "v2"  # the config default: the plan (generation.claims.make_plan); "v1" before issue 20
 MAX_TITLE_WORDS = 6  # longer titles are cut at their first separator
 MAX_CASED_TITLE_WORDS = 12  # a cased title without separators is cut here (lower-cased ones at 6)
 _SMALL_WORDS = frozenset("a an and at by for in of on or the to with".split())
@@ -198,7 +198,13 @@ def build_prompt(sources: Sequence[SourceItem], interests: Sequence[str], kind: 
     Example:
         >>> items = [SourceItem("1", "Matrix, The (1999)", "movie", ("Action", "Sci-Fi")),
         ...          SourceItem("2", "Alien (1979)", "movie", ("Horror", "Sci-Fi"))]
-        >>> print(build_prompt(items, ["Sci-Fi"], "digest")[1]["content"])
+        >>> prompt = build_prompt(items, ["Sci-Fi"], "digest")
+        >>> print(prompt[1]["content"])
+        The reader enjoys sci-fi. "The Matrix" is a 1999 action and sci-fi movie. "Alien" is a 1979 horror and sci-fi movie.
+        Recommend these movies in two short sentences.
+        >>> prompt[1]["titles"], prompt[2]
+        (['The Matrix', 'Alien'], {'role': 'assistant', 'content': '"The Matrix"'})
+        >>> print(build_prompt(items, ["Sci-Fi"], "digest", "v1")[1]["content"])
         The reader enjoys Sci-Fi.
         Titles:
         - "The Matrix" (Action, Sci-Fi)
