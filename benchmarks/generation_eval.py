@@ -125,23 +125,29 @@ def claim_rate(writer: PostWriter, posts, by_user) -> dict:
             "per_post": len(claims) / max(len(posts), 1)}
 
 
-def run_writer(writer: PostWriter, requests, batch_size: int, label: str) -> tuple[list, list, dict]:
-    """Every user's post, batch by batch; (posts, trace, timing)."""
-    trace, posts, per_post_ms = [], [], []
-    cpu = time.process_time()
+def run_writer(writer: PostWriter, requests, batch_size: int, label: str) -> tuple[list, list, list]:
+    """Every user's post, batch by batch; (posts, trace, per user: (CPU s, wall ms) of its batch / its size)."""
+    trace, posts, costs = [], [], []
     for at in tqdm(range(0, len(requests), batch_size), desc=label, unit="batch"):
         batch = requests[at:at + batch_size]
-        t = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         posts.extend(writer.write(batch, trace))
-        per_post_ms.extend([(time.perf_counter() - t) * 1000 / len(batch)] * len(batch))
-    cpu = time.process_time() - cpu
-    return posts, trace, {"cpu_s_per_post": cpu / max(len(requests), 1),
-                          "wall_ms_per_post_p50": float(np.percentile(per_post_ms, 50)),
-                          "wall_ms_per_post_p95": float(np.percentile(per_post_ms, 95))}
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        costs.extend([(cpu / len(batch), wall * 1000 / len(batch))] * len(batch))
+    return posts, trace, costs
 
 
-def summary(writer: PostWriter, requests, posts, trace, timing) -> dict:
+def timing(costs) -> dict:
+    cpu = np.array([c for c, _ in costs]) if costs else np.zeros(1)
+    wall = np.array([w for _, w in costs]) if costs else np.zeros(1)
+    return {"cpu_s_per_post": float(cpu.mean()), "wall_ms_per_post_p50": float(np.percentile(wall, 50)),
+            "wall_ms_per_post_p95": float(np.percentile(wall, 95))}
+
+
+def summary(writer: PostWriter, requests, posts, trace, costs) -> dict:
     by_user = {r.user_id: r for r in requests}
+    posts = [p for p in posts if p.user_id in by_user]
+    trace = [c for c in trace if c.user_id in by_user]
     config = writer.config
     served_checks = [writer.catalog.check(p.text, by_user[p.user_id].sources, by_user[p.user_id].interests,
                                           config.max_chars) for p in posts]
@@ -166,7 +172,7 @@ def summary(writer: PostWriter, requests, posts, trace, timing) -> dict:
         "distinct_2_all": distinct_2([p.text for p in posts]),
         "distinct_2_model_written": distinct_2([p.text for p in model_posts]),
         "mean_chars": float(np.mean([len(p.text) for p in posts])) if posts else 0.0,
-        **timing,
+        **timing(costs[:len(requests)]),
     }
 
 
@@ -190,7 +196,7 @@ def samples_markdown(dataset: str, writer: PostWriter, requests, posts, n: int, 
         for f in plan.sources:
             lines.append(f"- `{f.item_id}` **{f.title}**: year {f.year or '—'}; "
                          f"{'genres' if dataset.startswith('ml') else 'category'} {', '.join(f.genres) or '—'}; "
-                         f"maker {f.creator or '—'}; picked because {f.reason}")
+                         f"maker {f.creator or '—'}; picked: {f.reason}")
         claims = writer.claims.check(p.text, request.sources, writer.catalog, request.interests)
         lines += ["", "Claims: " + ("; ".join(f"“{c.text}” → {', '.join(c.item_ids) or 'reader'}: "
                                                 f"{'true' if c.true else 'FALSE'}" for c in claims) or "none"), ""]
@@ -205,7 +211,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(REPO / "artifacts" / "llm"))
     parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--skip-before", action="store_true", help="run only the new writer")
+    parser.add_argument("--before-users", type=int, default=None,
+                        help="run the old writer on the first N of the users only (it costs several times more)")
     parser.add_argument("--out", default=str(RESULTS / "generation_eval.json"))
     parser.add_argument("--ranker-config", default=None,
                         help="an engine config with trained artifacts (configs/demo.toml after `make demo`): "
@@ -228,12 +235,18 @@ def main() -> None:
         requests = user_requests(dataset, catalog, args.users, args.seed, after_config.sources_per_post)
         value_fn = None if args.ranker_config is None else served_value(args.ranker_config, name)
         runs = {}
-        writers = [("after", after_config, True)] + ([] if args.skip_before else [("before", before_config, False)])
-        for label, config, check_claims in writers:
+        before_users = len(requests) if args.before_users is None else args.before_users
+        writers = [("after", after_config, True, requests)]
+        if before_users > 0:
+            writers.append(("before", before_config, False, requests[:before_users]))
+        for label, config, check_claims, users in writers:
             writer = PostWriter(lm, catalog, Guardrails(config.guardrails), config, Critic(lm, value_fn=value_fn),
                                 check_claims=check_claims)
-            posts, trace, timing = run_writer(writer, requests, config.batch_size, f"{name} {label}")
-            runs[label] = summary(writer, requests, posts, trace, timing)
+            posts, trace, costs = run_writer(writer, users, config.batch_size, f"{name} {label}")
+            runs[label] = summary(writer, users, posts, trace, costs)
+            if label == "after" and before_users < len(requests):
+                # The new writer on the old one's users (whole batches: their costs are theirs alone).
+                runs["after_same_users"] = summary(writer, requests[:before_users], posts, trace, costs)
             if label == "after":
                 (RESULTS / f"generation_samples_{name}.md").write_text(
                     samples_markdown(name, writer, requests, posts, args.samples, args.seed))

@@ -147,7 +147,8 @@ def make_plan(sources: Sequence[SourceItem], interests: Sequence[str], kind: Kin
     for k, s in enumerate(sources):
         reason = None
         if kind == "because":
-            reason = "the reader liked it" if k == 0 else f"for readers who liked {display_title(sources[0].title)}"
+            liked = display_title(sources[0].title)
+            reason = "the reader liked it" if k == 0 else f"like {liked}, which the reader liked"
         facts.append(source_facts(s, interests, reason))
     return Plan(tuple(facts), tuple(i for i in interests if i and not i.startswith("("))[:3], kind)
 
