@@ -231,7 +231,7 @@ class PostWriter:
         """Whether a draft (a stream's sentences so far) may be shown as written: it names only
         sources (and at least one), states only true claims and passes the guardrails."""
         check = self.catalog.check(text, request.sources, request.interests, self.config.max_chars)
-        return (check.ok and all(c.true for c in self.claims.check(text, request.sources, self.catalog,
+        return (check.ok and not _ECHO.search(text) and all(c.true for c in self.claims.check(text, request.sources, self.catalog,
                                                                     request.interests))
                 and self.guardrails.would_refuse(text, request.surface, request.creator_ids) is None)
 
@@ -255,32 +255,39 @@ class PostWriter:
         config = self.config
         limit = min(max_new_tokens or config.max_new_tokens, config.max_new_tokens)
         kind = pick_kind(request, config.seed)
-        prompt = self._prompt(request, kind)
-        raw = answer_opening(prompt)
-        shown, pending, dropped = "", raw, False
+        greedy = config.temperature <= 0
+        shown, raw, dropped, prompt = "", "", False, self._prompt(request, kind)
+        # While nothing is shown, a failed draft is invisible: decode again (new seed and opening).
+        for attempt in range(1 if greedy else 1 + max(0, config.max_tries)):
+            if shown:
+                break
+            variant = 0 if attempt == 0 else _hash_int(config.seed, request.user_id, kind) + attempt
+            prompt = self._prompt(request, kind, variant)
+            raw = answer_opening(prompt)
+            pending, dropped = raw, False
 
-        def sentences() -> Iterator[str]:
-            nonlocal pending
-            while (end := _sentence_end(pending)) is not None:
-                sentence, pending = pending[:end], pending[end:]
-                yield sentence
+            def sentences() -> Iterator[str]:
+                nonlocal pending
+                while (end := _sentence_end(pending)) is not None:
+                    sentence, pending = pending[:end], pending[end:]
+                    yield sentence
 
-        for piece in self.lm.stream(prompt, limit, config.temperature, config.top_p,
-                                    _hash_int(config.seed, request.user_id, "stream", self.clock())):
-            raw += piece
-            pending += piece
-            for sentence in sentences():
-                draft = (shown + sentence) if shown else sentence.lstrip()
+            for piece in self.lm.stream(prompt, limit, config.temperature, config.top_p,
+                                        _hash_int(config.seed, request.user_id, "stream", attempt, self.clock())):
+                raw += piece
+                pending += piece
+                for sentence in sentences():
+                    draft = (shown + sentence) if shown else sentence.lstrip()
+                    if self._clean(request, draft):
+                        yield draft[len(shown):]
+                        shown = draft
+                    else:
+                        dropped = True
+            if pending.strip() and _FINISHED.search(pending.strip()):
+                draft = (shown + pending.rstrip()) if shown else pending.strip()
                 if self._clean(request, draft):
                     yield draft[len(shown):]
                     shown = draft
-                else:
-                    dropped = True
-        if pending.strip() and _FINISHED.search(pending.strip()):
-            draft = (shown + pending.rstrip()) if shown else pending.strip()
-            if self._clean(request, draft):
-                yield draft[len(shown):]
-                shown = draft
         if shown:
             method: Method = "repaired" if dropped or shown.strip() != raw.strip() else "model"
             score = float(self.critic.score([(request.user_id, _question(prompt), [shown], list(request.sources))])[0][0])
