@@ -27,37 +27,39 @@ def _rows_per_chunk(n_items: int, budget: int = 1 << 19) -> int:
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Loss and both gradients in one pass over chunks of rows: each chunk's logits are computed
+    once, and its softmax minus the one-hot target (the gradient of the logits) is multiplied out
+    at once, so the backward only scales the stored (P, D) and (N, D) gradients."""
+
     @staticmethod
     def forward(ctx, query, items, target, temperature, chunk, dtype):  # noqa: ANN001 (autograd signature)
-        q, e = query.to(dtype), items.to(dtype)
-        lse = torch.empty(len(q), dtype=torch.float32, device=q.device)
-        picked = torch.empty(len(q), dtype=torch.float32, device=q.device)
-        rows = torch.arange(len(q), device=q.device)
+        q, e = query.detach().to(dtype), items.detach().to(dtype)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_q = torch.empty(query.shape, dtype=torch.float32, device=q.device) if need_grad else None
+        grad_e = torch.zeros(items.shape, dtype=torch.float32, device=q.device) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=q.device)
+        rows = torch.arange(min(chunk, len(q)), device=q.device)
         for s in range(0, len(q), chunk):
-            logits = (q[s : s + chunk] @ e.T).float() / temperature  # (chunk, N)
-            lse[s : s + chunk] = torch.logsumexp(logits, dim=1)
-            picked[s : s + chunk] = logits[rows[: len(logits)], target[s : s + chunk]]
-        ctx.save_for_backward(query, items, target, lse)
-        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
-        return (lse - picked).mean()
+            logits = (q[s : s + chunk] @ e.T).float().div_(temperature)  # (chunk, N)
+            r, t = rows[: len(logits)], target[s : s + chunk]
+            lse = torch.logsumexp(logits, dim=1)
+            total += (lse - logits[r, t]).sum(dtype=torch.float64)
+            if need_grad:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                p[r, t] -= 1.0  # d (row loss) / d logits
+                p = p.to(dtype)
+                grad_q[s : s + chunk] = (p @ e).float()
+                grad_e += (p.T @ q[s : s + chunk]).float()
+        if need_grad:
+            scale = 1.0 / (len(q) * temperature)
+            ctx.save_for_backward(grad_q.mul_(scale), grad_e.mul_(scale))
+        ctx.dtypes = (query.dtype, items.dtype)
+        return (total / max(1, len(q))).float()
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
-        query, items, target, lse = ctx.saved_tensors
-        t, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
-        q, e = query.to(dtype), items.to(dtype)
-        scale = grad.float() / (len(q) * t)
-        grad_q = torch.empty(query.shape, dtype=torch.float32, device=q.device)
-        grad_e = torch.zeros(items.shape, dtype=torch.float32, device=q.device)
-        rows = torch.arange(len(q), device=q.device)
-        for s in range(0, len(q), chunk):
-            logits = (q[s : s + chunk] @ e.T).float() / t  # (chunk, N), recomputed
-            p = torch.exp(logits - lse[s : s + chunk, None])  # softmax
-            p[rows[: len(p)], target[s : s + chunk]] -= 1.0  # d loss / d logits (times the row count)
-            p = (p * scale).to(dtype)
-            grad_q[s : s + chunk] = (p @ e).float()
-            grad_e += (p.T @ q[s : s + chunk]).float()
-        return grad_q.to(query.dtype), grad_e.to(items.dtype), None, None, None, None
+        grad_q, grad_e = ctx.saved_tensors
+        return ((grad_q * grad).to(ctx.dtypes[0]), (grad_e * grad).to(ctx.dtypes[1]), None, None, None, None)
 
 
 def chunked_softmax_cross_entropy(
@@ -70,9 +72,9 @@ def chunked_softmax_cross_entropy(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Mean cross-entropy of softmax(query · itemsᵀ / temperature) at `target`, with memory
-    O(chunk × N) instead of O(P × N): logits are computed in chunks of rows, in the forward and
-    again in the backward (recomputation instead of storage). The matmuls run in `dtype` (bfloat16
-    on CPUs with AMX), log-sum-exp and gradients accumulate in float32.
+    O(chunk × N + (P + N) × D) instead of O(P × N): logits are computed once per chunk of rows,
+    and the chunk's gradients with them (the backward only scales them). The matmuls run in
+    `dtype` (bfloat16 on CPUs with AMX), log-sum-exp and gradients accumulate in float32.
 
     Example:
         >>> q, e, t = torch.randn(5, 4), torch.randn(7, 4), torch.tensor([0, 1, 2, 3, 4])
