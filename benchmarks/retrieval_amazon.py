@@ -23,8 +23,23 @@ time, so their id embeddings are never trained and they take the item tower's co
 separately ("cold" rows): each must be found among all 38,396 items from its content alone, and
 ("cold_among_cold" rows) among the 3,441 cold items only, as a new-items shelf would serve them.
 
-Variants, one run, same split and budget: the SASRec user tower with the item tower's title text
-(all-MiniLM-L6-v2) and without it (id + content type + categories), and the most-popular baseline.
+Training keeps the best validation epoch (NDCG@10 on the validation users' targets) within a
+budget read on `--clock` (``cpu``: this process's CPU seconds / its threads, which holds on a
+shared machine).
+
+Popularity prior: each item's score gets beta * log1p(its training events) + gamma_t (t its
+content type, gamma of Art fixed at 0). beta and gamma_office are chosen on the validation users
+by grid search, maximizing the smallest ratio to the most-popular baseline over HR@10 and NDCG@10,
+overall and per type (the target); test rows are scored once with them.
+
+Fresh-items source (`retrieval.candidates.FreshSource`): items with no training event embedded
+from content alone, in a pool of their own. A user's 50 candidates are the top 50 - q of the
+model's scores plus the top q of the fresh pool, ordered by score; reported: cold-target HR@50
+(the cold target among those 50) and the overall HR@10 / NDCG@10 of that ordered list, against
+the list without the source.
+
+Variants (`--variants`): the SASRec user tower with the item tower's title text (all-MiniLM-L6-v2)
+and without it (id + content type + categories), and the most-popular baseline.
 Writes benchmarks/results/retrieval_amazon.json.
 """
 
@@ -35,6 +50,7 @@ import dataclasses
 import json
 import logging
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -46,10 +62,13 @@ from evaluation.metrics import full_ranking_metrics
 from feedcore.config import RetrievalConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
+from feedcore.io import atomic_path
 from feedcore.splits import Split, target_line
 from feedcore.text import item_text_embeddings
+from retrieval.candidates import fresh_items
 from retrieval.embed import embed_items, embed_users
-from retrieval.train import evaluate_retrieval, train_retrieval
+from retrieval.ops import ranks_in_chunks
+from retrieval.train import evaluate_retrieval, heldout_inputs, metrics_from_ranks, train_retrieval
 
 OUT = Path(__file__).parent / "results" / "retrieval_amazon.json"
 TEXT_CACHE = Path("artifacts/benchmarks/amazon-arts-office-titles.npy")
@@ -57,6 +76,7 @@ BASE = RetrievalConfig(
     user_encoder="sasrec", embedding_dim=64, hidden_dim=128, num_blocks=2, num_heads=1, dropout=0.2,
     normalize=True, temperature=0.05, num_negatives=1024, in_batch_negatives=512, batch_size=128,
     learning_rate=2e-3, lr_schedule="cosine", epochs=30, bf16=True, id_dropout=0.25, seed=0, device="cpu",
+    validate_every=1,
 )
 
 
@@ -71,11 +91,63 @@ def rank_among(model, spec, history: pl.DataFrame, heldout: pl.DataFrame, pool: 
     return full_ranking_metrics(scores, target, [np.zeros(0, np.int64)] * len(users), (10, 50, 200))
 
 
+def fit_prior(users: np.ndarray, items: np.ndarray, counts: np.ndarray, type_of: np.ndarray, heldout, target,
+              exclude, popular: dict[str, float], groups) -> tuple[float, float, list[dict]]:
+    """(beta, gamma_office, grid) maximizing the smallest ratio to `popular` on held-out rows."""
+    grid = []
+    keys = ["hr@10", "ndcg@10"] + [f"{g}/{k}" for g in np.unique(groups) for k in ("hr@10", "ndcg@10")]
+    office = (type_of == OFFICE_INDEX[0]).astype(np.float32)
+    for beta in (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12):
+        for gamma in (-0.1, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3):
+            offset = beta * np.log1p(counts) + gamma * office
+            ranks, _ = ranks_in_chunks(users, items, target, exclude, item_offset=offset)
+            m = metrics_from_ranks(ranks, (10,), groups)
+            worst = min(m[k] / max(popular[k], 1e-9) for k in keys)
+            grid.append({"beta": beta, "gamma_office": gamma, "min_ratio_to_popular": worst, "ndcg@10": m["ndcg@10"]})
+    best = max(grid, key=lambda g: (g["min_ratio_to_popular"], g["ndcg@10"]))
+    return best["beta"], best["gamma_office"], grid
+
+
+OFFICE_INDEX: list[int] = []  # the office_product content-type index (set in main)
+
+
+def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quota: int, size: int = 50):
+    """Ordered candidate lists of `size`: the model's top size - quota plus the fresh pool's top
+    `quota` (content-only embeddings), merged by score. Returns (B, size) item indices."""
+    _, top = ranks_in_chunks(users, items, target, exclude, item_offset=offset, top_k=size)
+    if quota == 0:
+        return top
+    _, fresh = ranks_in_chunks(users, fresh_emb, np.zeros(len(users), np.int64), [np.zeros(0, np.int64)] * len(users),
+                               item_offset=offset[fresh_pool], top_k=quota + size)
+    out = np.empty_like(top)
+    for r in range(len(users)):
+        main = top[r, : size - quota]
+        taken = set(main.tolist())
+        extra = [i for i in fresh_pool[fresh[r]].tolist() if i not in taken][:quota]
+        both = np.concatenate([main, np.array(extra, np.int64)])
+        scores = np.concatenate([items[main] @ users[r], fresh_emb[np.searchsorted(fresh_pool, extra)] @ users[r]])
+        scores += offset[both]
+        out[r, : len(both)] = both[np.argsort(-scores, kind="stable")]
+        out[r, len(both):] = 0
+    return out
+
+
+def list_metrics(lists: np.ndarray, target: np.ndarray, groups) -> dict[str, float]:
+    """HR@10, NDCG@10 (first 10 of each list) and HR@50 (whole list) of ordered candidate lists."""
+    hit = lists == target[:, None]
+    ranks = np.where(hit.any(1), hit.argmax(1), lists.shape[1] + 1000)
+    return metrics_from_ranks(ranks, (10, 50), groups)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="../shared/data/amazon-arts-office")
     parser.add_argument("--minutes", type=float, default=6.0, help="training budget per model")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
     parser.add_argument("--cold-fraction", type=float, default=0.1)
+    parser.add_argument("--variants", nargs="+", default=["text", "no-text"], choices=["text", "no-text"])
+    parser.add_argument("--fresh-quota", type=int, default=5, help="fresh items among 50 candidates")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -90,42 +162,72 @@ def main() -> None:
     split = Split(split.train.filter(warm), split.valid, split.test)  # cold items never reach training
     feats = item_features(ds.items, split.train, spec)
     assert not (feats.popularity[spec.items.encode(pl.Series(list(cold)))] > 0).any()
-    text = item_text_embeddings(ds.items, spec, TEXT_CACHE)
+    text = item_text_embeddings(ds.items, spec, TEXT_CACHE) if "text" in args.variants else None
     test_cold = split.test.filter(~warm)
     history = split.train  # the shared histories of validation and test users, cold items removed
+    OFFICE_INDEX[:] = [spec.content_types.encode_one("office_product")]
+    counts = np.bincount(spec.items.encode(history["item_id"]), minlength=len(spec.items)).astype(np.float32)
+    fresh_pool = fresh_items(spec, history, 0)
+    cold_rows = np.isin(split.test["item_id"].to_numpy(), np.array(sorted(cold)))
+    groups = split.test["content_type"].to_numpy()
+    valid_groups = split.valid["content_type"].to_numpy()
 
     cold_index = spec.items.encode(pl.Series(sorted(cold)))
 
-    def evaluate(model) -> dict[str, float]:
-        out = evaluate_retrieval(model, spec, history, split.test)
-        out.update({f"cold/{k}": v for k, v in evaluate_retrieval(model, spec, history, test_cold).items()
-                    if "/" not in k})
+    def evaluate(model, offset=None) -> dict[str, float]:
+        out = evaluate_retrieval(model, spec, history, split.test, item_offset=offset)
+        out.update({f"cold/{k}": v for k, v in evaluate_retrieval(model, spec, history, test_cold,
+                                                                    item_offset=offset).items() if "/" not in k})
         if model is not None:  # the same cold targets ranked among the cold items only (a new-items shelf)
             out.update({f"cold_among_cold/{k}": v for k, v in rank_among(model, spec, history, test_cold,
                                                                           cold_index).items()})
         return out
 
+    popular_valid = evaluate_retrieval(None, spec, history, split.valid)
     rows = [{"model": "most popular", **evaluate(None)}]
-    for name, use_text in (("sasrec + title text", True), ("sasrec, id + type + categories", False)):
-        config = dataclasses.replace(BASE, text_features=use_text, max_train_minutes=args.minutes)
+    variants = {"text": ("sasrec + title text", True), "no-text": ("sasrec, id + type + categories", False)}
+    for key in args.variants:
+        name, use_text = variants[key]
+        config = dataclasses.replace(BASE, text_features=use_text, max_train_minutes=args.minutes,
+                                     budget_clock=args.clock)
         start = time.perf_counter()
         model, valid_metrics = train_retrieval(config, spec, feats, split, text=text if use_text else None,
                                                progress=False)
-        rows.append({"model": name, **evaluate(model), "valid_ndcg@10": valid_metrics["ndcg@10"],
-                     "train_minutes": valid_metrics["train_seconds"] / 60, "epochs": valid_metrics["epochs"],
-                     "wall_minutes_incl_eval": (time.perf_counter() - start) / 60,
-                     "config": dataclasses.asdict(config)})
+        trained = {"valid_ndcg@10": valid_metrics["ndcg@10"], "train_minutes": valid_metrics["train_seconds"] / 60,
+                   "epochs": valid_metrics["epochs"], "best_epoch": valid_metrics["best_epoch"],
+                   "wall_minutes_incl_eval": (time.perf_counter() - start) / 60, "config": dataclasses.asdict(config)}
+        rows.append({"model": name, **evaluate(model), **trained})
+        # The popularity prior, fitted on the validation users.
+        vu, item_emb, vt, vx = heldout_inputs(model, spec, history, split.valid)
+        type_of = model.content_type.numpy()
+        beta, gamma, grid = fit_prior(vu, item_emb, counts, type_of, split.valid, vt, vx, popular_valid, valid_groups)
+        offset = (beta * np.log1p(counts) + gamma * (type_of == OFFICE_INDEX[0])).astype(np.float32)
+        rows.append({"model": f"{name} + popularity prior (beta {beta}, gamma_office {gamma})",
+                     **evaluate(model, offset), "prior": {"beta": beta, "gamma_office": gamma, "grid": grid}, **trained})
+        # The fresh-items source: q of 50 candidates from the content-only pool.
+        tu, _, tt, tx = heldout_inputs(model, spec, history, split.test)
+        fresh_emb = embed_items(model, fresh_pool, content_only=True)
+        for quota in (0, args.fresh_quota):
+            lists = with_fresh(tu, item_emb, offset, fresh_pool, fresh_emb, tt, tx, quota)
+            m = list_metrics(lists, tt, groups)
+            cold_m = list_metrics(lists[cold_rows], tt[cold_rows], None)
+            rows.append({"model": f"{name} + prior, 50 candidates, fresh quota {quota}",
+                         "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "hr@50": m["hr@50"],
+                         **{k: v for k, v in m.items() if "/" in k},
+                         "cold/hr@50": cold_m["hr@50"], "cold/hr@10": cold_m["hr@10"], "fresh_pool": len(fresh_pool)})
+        logging.info("%s done: %s", name, rows[-3:])
     report = {"benchmark": "retrieval_amazon", "protocol": __doc__.strip(), "machine": platform.machine(),
-              "threads": torch.get_num_threads(), "cold_items": len(cold), "cold_test_targets": test_cold.height,
-              "test_targets": split.test.height, "results": rows}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
-    keys = ["hr@10", "ndcg@10", "arts_product/hr@10", "office_product/hr@10", "cold/hr@10", "cold/hr@200",
-            "cold_among_cold/hr@10", "cold_among_cold/ndcg@10"]
-    print(f"{'model':<34} " + " ".join(f"{k:>20}" for k in keys))
+              "threads": torch.get_num_threads(), "clock": args.clock, "cold_items": len(cold),
+              "cold_test_targets": test_cold.height, "test_targets": split.test.height, "results": rows,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    keys = ["hr@10", "ndcg@10", "arts_product/hr@10", "arts_product/ndcg@10", "office_product/hr@10",
+            "office_product/ndcg@10", "cold/hr@50", "cold/hr@200"]
+    print(f"{'model':<60} " + " ".join(f"{k:>12.12}" for k in keys))
     for r in rows:
-        print(f"{r['model']:<34} " + " ".join(f"{r.get(k, float('nan')):20.4f}" for k in keys))
-    print(f"{len(cold)} cold items, {test_cold.height} test targets that are cold items; wrote {OUT}")
+        print(f"{r['model']:<60.60} " + " ".join(f"{r.get(k, float('nan')):12.4f}" for k in keys))
+    print(f"{len(cold)} cold items, {test_cold.height} test targets that are cold items; wrote {args.out}")
 
 
 if __name__ == "__main__":

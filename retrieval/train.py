@@ -341,7 +341,7 @@ def heldout_ranks(
     item_offset: np.ndarray | None = None, chunk: int = 1024,
 ) -> np.ndarray:
     """(B,) 0-based full-ranking rank of each held-out row's item (`retrieval.ops.ranks_in_chunks`)."""
-    queries, items, target, exclude = _heldout_inputs(model, spec, history, heldout)
+    queries, items, target, exclude = heldout_inputs(model, spec, history, heldout)
     if model is None:
         item_offset = items if item_offset is None else items + item_offset
         items = None
@@ -349,7 +349,7 @@ def heldout_ranks(
     return ranks
 
 
-def _heldout_inputs(
+def heldout_inputs(
     model: TwoTower | None, spec: FeatureSpec, history: pl.DataFrame, heldout: pl.DataFrame,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, list[np.ndarray]]:
     """(B, D) user embeddings (None without a model), (N, D) item embeddings (the (N,) popularity
@@ -374,7 +374,7 @@ def heldout_scores(
     scores of every item for each held-out row's user (their latest `history`; the most-popular
     counts when `model` is None), the (B,) held-out item indices, and per row the items to
     exclude (padding and the user's history)."""
-    queries, items, target, exclude = _heldout_inputs(model, spec, history, heldout)
+    queries, items, target, exclude = heldout_inputs(model, spec, history, heldout)
     if model is None:
         return np.broadcast_to(items, (len(target), len(items))), target, exclude
     return queries @ items.T, target, exclude  # (B, N)
