@@ -1,7 +1,8 @@
 """`feed serve-generation`: the generation service's process (`generation.service`).
 
 It loads the language model, the served catalogue (what posts are grounded in) and the served
-ranker (the critic's value of a candidate post, as the feed would rank it), then serves
+ranker (the critic's value of a candidate post, as the feed would rank it), both reloaded when
+training writes new artifacts (`serving.reloader`, every `[serving] reload_interval_s`), then serves
 `generation.v1.GenerationService` until SIGTERM / SIGINT: NOT_SERVING, calls in progress get
 GRACE_SECONDS, then it exits. It decodes in its own process, so decoding never competes with a
 feed server's interpreter, and it may run on another machine (a GPU box) with the same artifacts.
@@ -29,9 +30,10 @@ from generation.service import create_generation_server
 from generation.writer import PostWriter
 from serving.generated_posts import TextEmbeddings
 from serving.pipeline import FeedPipeline
+from serving.reloader import ModelReloader
 
 logger = logging.getLogger(__name__)
-GRACE_SECONDS = 10.0  # a batch under way gets this long at shutdown
+GRACE_SECONDS = 5.0  # a batch under way gets this long at shutdown (the feed servers have stopped asking)
 
 
 def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
@@ -39,34 +41,59 @@ def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
     return Catalog((item_id, title, content_type) for item_id, (content_type, title) in pipeline.catalog.items())
 
 
-def post_value(pipeline: FeedPipeline, text_embeddings: TextEmbeddings) -> Callable:
-    """The critic's value function: the value model's score of each candidate text for its user,
-    as the feed would rank the post (the same hydration, ranker and weights as GetFeed)."""
+class ServedModels:
+    """The pipeline the service's writer grounds posts in (its catalogue) and values them with (its
+    ranker), swapped by `serving.reloader.ModelReloader` when training writes new artifacts, as in
+    a feed server: posts may then name the new items."""
 
-    def value(user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
+    def __init__(self, pipeline: FeedPipeline, text_embeddings: TextEmbeddings, health=None) -> None:
+        self.text_embeddings, self.health = text_embeddings, health
+        self.writer: PostWriter | None = None
+        self._pipeline = pipeline
+
+    @property
+    def pipeline(self) -> FeedPipeline:
+        return self._pipeline
+
+    @pipeline.setter
+    def pipeline(self, pipeline: FeedPipeline) -> None:
+        if self.writer is not None:
+            self.writer.catalog = grounding_catalog(pipeline)  # before the swap: no post checked against a mix
+        self._pipeline = pipeline
+
+    def value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
+        """The critic's value: the value model's score of each candidate text for its user, as the
+        feed would rank the post (the same hydration, ranker and weights as GetFeed)."""
         if not texts:
             return np.zeros(0)
         source_ids = tuple(s.item_id for s in sources)
-        return pipeline.score_posts(user_id, [source_ids] * len(texts), text_embeddings(list(texts)))
+        return self._pipeline.score_posts(user_id, [source_ids] * len(texts), self.text_embeddings(list(texts)))
 
-    return value
+    def report_component(self, component: str, ok: bool) -> None:
+        (logger.info if ok else logger.error)("generation service: %s %s", component, "ok" if ok else "failing")
 
 
-def make_post_writer(engine: EngineConfig, pipeline: FeedPipeline | None = None) -> PostWriter:
+def make_post_writer(engine: EngineConfig, pipeline: FeedPipeline | None = None) -> tuple[PostWriter, ServedModels]:
     """The service's writer: the language model (converted weights cached under
-    `engine.llm_cache_dir`), grounded in `pipeline`'s catalogue, guarded, with its ranker as the
-    critic's value (the pipeline is loaded from `engine`'s artifacts when not given)."""
+    `engine.llm_cache_dir`), grounded in the served catalogue, guarded, with the served ranker as
+    the critic's value (the pipeline is loaded from `engine`'s artifacts when not given)."""
     config = engine.generation
-    pipeline = pipeline if pipeline is not None else FeedPipeline.from_artifacts(engine)
+    served = ServedModels(pipeline if pipeline is not None else FeedPipeline.from_artifacts(engine),
+                          TextEmbeddings(load_text_encoder()))
     lm = make_language_model(config, engine.llm_cache_dir)
-    critic = Critic(lm, value_fn=post_value(pipeline, TextEmbeddings(load_text_encoder())))
-    return PostWriter(lm, grounding_catalog(pipeline), Guardrails(config.guardrails), config, critic)
+    served.writer = PostWriter(lm, grounding_catalog(served.pipeline), Guardrails(config.guardrails), config,
+                               Critic(lm, value_fn=served.value))
+    return served.writer, served
 
 
 def serve_generation(engine: EngineConfig, address: str, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the generation service at `address` until SIGTERM / SIGINT (see the module doc)."""
-    writer = make_post_writer(engine)
+    writer, served = make_post_writer(engine)
     running = create_generation_server(writer, address)
+    reloader = None
+    if engine.serving.reload_interval_s > 0:  # new models and items, as the feed servers pick them up
+        reloader = ModelReloader(engine, served, engine.serving.reload_interval_s)
+        reloader.start()
     stopping = threading.Event()
 
     def shutdown(signum, _frame) -> None:
@@ -82,6 +109,8 @@ def serve_generation(engine: EngineConfig, address: str, on_ready: Callable[[str
     if on_ready is not None:
         on_ready(running.address)
     stopping.wait()
+    if reloader is not None:
+        reloader.stop()
     running.server.stop(GRACE_SECONDS).wait(GRACE_SECONDS + 5.0)
     logger.info("generation service stopped")
     # A batch still decoding after the grace period is cut off: its worker thread would hold up the exit.

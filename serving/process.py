@@ -175,10 +175,13 @@ def _supervise(config: EngineConfig, command, processes: int, port: int, ready_l
                 return int(line.rsplit(":", 1)[1])
         raise RuntimeError(f"server process {index} exited before serving (code {child.wait()})")
 
+    signalled: set[int] = set()  # once each: a second SIGTERM tells a process to exit without draining
+
     def signal_all() -> None:
         with starting:
             for child in children:
-                if child is not None and child.poll() is None:
+                if child is not None and child.poll() is None and child.pid not in signalled:
+                    signalled.add(child.pid)
                     child.send_signal(signal.SIGTERM)
 
     def stop_all() -> int:

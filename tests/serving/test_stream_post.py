@@ -34,10 +34,11 @@ def engine(trained_engine, llm_cache_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generation(engine, tmp_path_factory):
-    """The generation service (`feed serve-generation`'s server) on a Unix socket."""
-    service = create_generation_server(make_post_writer(engine), f"unix://{tmp_path_factory.mktemp('gen')}/gen.sock")
+    """The generation service (`feed serve-generation`'s server) on a Unix socket, and its served models."""
+    writer, served = make_post_writer(engine)
+    service = create_generation_server(writer, f"unix://{tmp_path_factory.mktemp('gen')}/gen.sock")
     service.server.start()
-    yield service
+    yield service, served
     service.server.stop(0).wait()
 
 
@@ -46,7 +47,7 @@ def running(engine, generation, tmp_path_factory):
     pipeline = FeedPipeline.from_artifacts(engine)
     log = EventLog(tmp_path_factory.mktemp("log"))
     running = create_server(engine.serving, pipeline, log)
-    running.servicer.posts = make_generated_posts(engine, generation.address, lambda: running.servicer.pipeline,
+    running.servicer.posts = make_generated_posts(engine, generation[0].address, lambda: running.servicer.pipeline,
                                                   running.servicer.gated_feed, running.metrics)
     running.server.start()
     yield running
@@ -138,3 +139,22 @@ def test_the_background_writer_waits_for_getfeed_s_slots(running):
         for _ in range(held):
             slots.release()
         thread.join(60)
+
+
+def test_posts_are_checked_against_the_catalogue_serving_now(generation):
+    """A hot reload that brings new items (`ModelReloader` swaps the service's pipeline): posts are
+    grounded in the new catalogue from then on."""
+    import copy
+
+    _, served = generation
+    old = served.pipeline
+    reloaded = copy.copy(old)  # the served pipeline with one more titled item, as a reload would bring
+    reloaded.catalog = {**old.catalog, "new-item": ("movie", "Lighthouse Keepers of Orkney (2026)")}
+    assert not served.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
+    served.pipeline = reloaded
+    try:
+        found = served.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
+        assert [m.item_ids for m in found] == [("new-item",)]
+    finally:
+        served.pipeline = old
+    assert not served.writer.catalog.find_titles("We watched Lighthouse Keepers of Orkney.")
