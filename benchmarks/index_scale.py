@@ -9,13 +9,14 @@ real neighbour, so the synthetic catalogue keeps the trained embeddings' cluster
 random vectors would be far harder and unrepresentative). Queries: the checkpoint's user
 embeddings (real users), perturbed the same way up to `--queries`. Ground truth: exact inner-product
 search (`Flat`). Every index runs in the same process on the same vectors, with the same threads.
-Writes benchmarks/results/index_scale.json.
+Memory: each index's serialized size per item. Writes benchmarks/results/index_scale.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -53,6 +54,12 @@ def scale_up(base: np.ndarray, n: int, noise: float, rng: np.random.Generator) -
 
 def recall_at(found: list[list[str]], truth: list[list[str]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def bytes_per_item(index: ItemIndex) -> float:
+    """The serialized faiss index's size per vector (codes, lists, graph links, ids; the id map's
+    Python strings excluded): what the index holds in memory per item."""
+    return sum(faiss.serialize_index(shard.index).nbytes for shard in index.shards.values()) / len(index)
 
 
 def timed_search(index: ItemIndex, queries: np.ndarray, k: int, repeats: int = 3) -> tuple[list[list[str]], float]:
@@ -93,24 +100,27 @@ def main() -> None:
     exact = ItemIndex.build(xb, ids, one_type, "Flat", model_version=ckpt.version)
     truth, exact_qps = timed_search(exact, xq, args.k, repeats=1)
     rows = [{"factory": "Flat", "search_params": "", "recall@100": 1.0, "qps": exact_qps, "speedup": 1.0,
-             "build_seconds": 0.0}]
-    print(f"{'factory':<26} {'params':<26} {'recall@100':>10} {'qps':>9} {'x exact':>8} {'build s':>8}")
-    print(f"{'Flat':<26} {'':<26} {1.0:10.4f} {exact_qps:9.0f} {1.0:8.1f} {0.0:8.1f}")
+             "build_seconds": 0.0, "bytes_per_item": bytes_per_item(exact)}]
+    print(f"{'factory':<26} {'params':<26} {'recall@100':>10} {'qps':>9} {'x exact':>8} {'build s':>8} {'B/item':>7}")
+    print(f"{'Flat':<26} {'':<26} {1.0:10.4f} {exact_qps:9.0f} {1.0:8.1f} {0.0:8.1f} {rows[0]['bytes_per_item']:7.1f}")
     for factory, sweep in VARIANTS:
         start = time.perf_counter()
         index = ItemIndex.build(xb, ids, one_type, factory, model_version=ckpt.version)
         build = time.perf_counter() - start
+        memory = bytes_per_item(index)
         for params in sweep:
             index.set_search_params(params)
             found, qps = timed_search(index, xq, args.k)
             row = {"factory": factory, "search_params": params, "recall@100": recall_at(found, truth), "qps": qps,
-                   "speedup": qps / exact_qps, "build_seconds": build}
+                   "speedup": qps / exact_qps, "build_seconds": build, "bytes_per_item": memory}
             rows.append(row)
-            print(f"{factory:<26} {params:<26} {row['recall@100']:10.4f} {qps:9.0f} {row['speedup']:8.1f} {build:8.1f}")
+            print(f"{factory:<26} {params:<26} {row['recall@100']:10.4f} {qps:9.0f} {row['speedup']:8.1f} {build:8.1f} "
+                  f"{memory:7.1f}")
     meeting = [r for r in rows if r["recall@100"] >= 0.95 and r["speedup"] >= 10]
     report = {"benchmark": "index_scale", "items": len(xb), "dim": xb.shape[1], "queries": len(xq), "k": args.k,
               "base_items": len(items), "noise": args.noise, "model_version": ckpt.version,
               "threads": faiss.omp_get_max_threads(), "results": rows,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "target": "recall@100 >= 0.95 at >= 10x exact throughput",
               "meeting_target": meeting}
     OUT.parent.mkdir(parents=True, exist_ok=True)
