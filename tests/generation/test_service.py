@@ -60,7 +60,7 @@ def test_stream_post_streams_the_writer_s_pieces_then_its_post(service, writer, 
     finally:
         client.close()
     local = list(writer.stream(request, max_new_tokens=8))
-    assert len(remote) >= 3 and all(isinstance(p, str) for p in remote[:-1])
+    assert len(remote) >= 2 and all(isinstance(p, str) for p in remote[:-1])
     assert remote == local  # piece for piece, then the post field for field
 
 
