@@ -1,6 +1,6 @@
 """Tmall multi-behaviour, buy as the target: the TorchRec ranker ranks every item for each user.
 
-    .venv/bin/python benchmarks/ranker_tmall.py [--users 3000] [--epochs 4]
+    .venv/bin/python benchmarks/ranker_tmall.py [--users 3000] [--max-epochs 4] [--valid-users 1000]
 
 Data and protocol: ../shared/data/tmall-multibehavior (15,449 users, 11,953 items; view, cart and
 buy), the release CascadingRank publishes on (HR@10 0.3324, NDCG@10 0.1626, full ranking, buy
@@ -26,8 +26,16 @@ from the catalogue; a sampled item the user bought becomes the unknown item 0 in
 its features: the user's own buys are not a feature, and the item's buy count leaves out the
 user's own buys of it (at test time the held-out buy is in no count either).
 
+The number of epochs is chosen on a validation split carved from training, never on test: one
+training buy of each user with two or more is held out (`--valid-users` of them scored, full
+ranking as for test), a model trains on the rest, and the epoch with the best validation HR@10 is
+kept; the final model then trains on every training buy for that many epochs, as the published
+protocols do. The base item popularity counts views and carts only: a buy count would include a
+training positive's own buy (its label) and no test buy.
+
 Rows, one run: the ranker; "viewed/carted count, then popularity" (the heuristic the features
-make available); most popular by buys. Writes benchmarks/results/ranker_tmall.json.
+make available); most popular by buys. The published figure is kept apart, under ``published``.
+Writes benchmarks/results/ranker_tmall.json.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from feedcore.distributed import process_group
 from feedcore.features import build_feature_spec, item_features, pad_histories
 from ranker.batching import ranker_inputs
 from ranker.model import DENSE_FEATURES, MultiTaskRanker
-from ranker.train import model_args, shard_for_training, unsharded_state_dict
+from ranker.train import model_args, shard_for_training, train_step, unsharded_state_dict
 
 OUT = Path(__file__).parent / "results" / "ranker_tmall.json"
 PUBLISHED = {"model": "CascadingRank (published, README)", "hr@10": 0.3324, "ndcg@10": 0.1626}
@@ -122,10 +130,71 @@ def bootstrap_hr(hits: np.ndarray, rng: np.random.Generator, n: int = 1000) -> t
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def scores_of(model: MultiTaskRanker, ctx: Context, spec, feats, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U, N) the model's buy probability and the heuristic's score of every item for each user."""
+    all_items = np.arange(1, ctx.n_items)
+    scores = np.zeros((len(users), ctx.n_items), np.float32)
+    heuristic = np.zeros_like(scores)
+    model.eval()
+    with torch.no_grad():
+        for row, u in enumerate(users):
+            batch = inputs(ctx, spec, feats, np.full(len(all_items), u), all_items)
+            scores[row, 1:] = model(batch.dense, batch.sparse)["buy"].numpy()
+            extra = batch.dense[:, len(DENSE_FEATURES):].numpy()
+            heuristic[row, 1:] = 100 * (extra[:, 0] + extra[:, 1]) + extra[:, 4]
+    return scores, heuristic
+
+
+def ranks_of(scores: np.ndarray, users: np.ndarray, target: np.ndarray, ctx: Context) -> np.ndarray:
+    """Each target's rank among all items, the user's training buys (in `ctx`) excluded."""
+    exclude = [np.concatenate([[0], ctx.bought.get(int(u), np.zeros(0, np.int64))]) for u in users]
+    return rank_of_target(scores, target, exclude)
+
+
+def train_model(ctx: Context, spec, feats, margs, config: RankerConfig, epochs: int, rng: np.random.Generator,
+                examples: tuple[np.ndarray, np.ndarray, np.ndarray],
+                after_epoch=None) -> tuple[MultiTaskRanker, float]:
+    """Train for `epochs` through DMP; `after_epoch(epoch, model)` sees the gathered model after
+    each epoch. Returns the final model and the training seconds (evaluation excluded)."""
+    user, item, label = examples
+    seconds = 0.0
+    with process_group("cpu"):
+        dmp, dense_optimizer = shard_for_training(MultiTaskRanker(margs, device=torch.device("meta")), config,
+                                                  "cpu", 1)
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            dmp.train()
+            order = rng.permutation(len(item))
+            total = 0.0
+            for b in range(0, len(order), config.batch_size):
+                idx = order[b : b + config.batch_size]
+                total += train_step(dmp, dense_optimizer, inputs(ctx, spec, feats, user[idx], item[idx], label[idx]))
+            seconds += time.perf_counter() - start
+            print(f"epoch {epoch + 1}: loss {total * config.batch_size / len(order):.4f} ({seconds:.0f}s)", flush=True)
+            if after_epoch is not None or epoch == epochs - 1:
+                model = MultiTaskRanker(margs)
+                model.load_state_dict({k.removeprefix("model."): v for k, v in unsharded_state_dict(dmp).items()})
+                if after_epoch is not None:
+                    after_epoch(epoch + 1, model)
+    return model, seconds
+
+
+def validation_split(train: pl.DataFrame, n_users: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training events less one buy of each sampled user with 2+ buys, those held-out buys)."""
+    buys = train.filter(pl.col("event") == "buy").unique(["user_id", "item_id"])
+    eligible = buys.group_by("user_id").len().filter(pl.col("len") >= 2)["user_id"]
+    users = eligible.sample(min(n_users, len(eligible)), seed=seed)
+    held = buys.filter(pl.col("user_id").is_in(users.implode())).sample(fraction=1.0, shuffle=True, seed=seed)
+    held = held.unique("user_id", keep="first")
+    rest = train.join(held.select("user_id", "item_id", "event"), on=["user_id", "item_id", "event"], how="anti")
+    return rest, held
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=3000, help="test users scored (0: all)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--max-epochs", type=int, default=4, help="epochs tried on the validation split")
+    parser.add_argument("--valid-users", type=int, default=1000)
     parser.add_argument("--hard", type=int, default=4)
     parser.add_argument("--popular", type=int, default=8)
     parser.add_argument("--uniform", type=int, default=2)
@@ -133,67 +202,55 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
 
     ds = load_dataset("tmall")
     spec = build_feature_spec(ds.items, ds.users, max_history=50)
     train = ds.events.filter(pl.col("split") == "train")
     test = ds.events.filter(pl.col("split") == "test")
-    feats = item_features(ds.items, train, spec)
-    ctx = Context(train, spec, spec.max_history)
-    n_items = len(spec.items)
-
     config = RankerConfig(embedding_dim=32, tasks=(TaskConfig("buy", event="buy"),), batch_size=1024,
-                          sparse_learning_rate=0.05, dense_learning_rate=1e-3, epochs=args.epochs)
-    margs = model_args(config, spec)
-    margs = dataclasses.replace(margs, num_dense=len(DENSE_FEATURES) + len(EXTRA_DENSE))
-    user, item, label = training_examples(ctx, n_items, args.hard, args.popular, args.uniform, rng)
-    start = time.perf_counter()
-    with process_group("cpu"):
-        dmp, dense_optimizer = shard_for_training(MultiTaskRanker(margs, device=torch.device("meta")), config,
-                                                  "cpu", 1)
-        for epoch in range(args.epochs):
-            order = rng.permutation(len(item))
-            total = 0.0
-            for b in range(0, len(order), config.batch_size):
-                idx = order[b : b + config.batch_size]
-                batch = inputs(ctx, spec, feats, user[idx], item[idx], label[idx])
-                loss, _, _ = dmp(batch.dense, batch.sparse, batch.labels)
-                dense_optimizer.zero_grad()
-                loss.backward()
-                dense_optimizer.step()
-                total += loss.item() * len(idx)
-            print(f"epoch {epoch + 1}: loss {total / len(order):.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
-        state = unsharded_state_dict(dmp)
-    train_seconds = time.perf_counter() - start
-    model = MultiTaskRanker(margs)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    model.eval()
+                          sparse_learning_rate=0.05, dense_learning_rate=1e-3, id_dropout=0.0)
+    margs = dataclasses.replace(model_args(config, spec), num_dense=len(DENSE_FEATURES) + len(EXTRA_DENSE))
 
+    def setup(events: pl.DataFrame, rng: np.random.Generator):
+        # Base popularity from views and carts only: a buy count would hold a positive's own label.
+        feats = item_features(ds.items, events.filter(pl.col("event") != "buy"), spec)
+        ctx = Context(events, spec, spec.max_history)
+        return ctx, feats, training_examples(ctx, len(spec.items), args.hard, args.popular, args.uniform, rng)
+
+    # 1. The number of epochs, on validation buys carved from training.
+    rest, held = validation_split(train, args.valid_users, seed=0)
+    ctx, feats, examples = setup(rest, np.random.default_rng(0))
+    v_users, v_target = spec.users.encode(held["user_id"]), spec.items.encode(held["item_id"])
+    validation = []
+
+    def validate(epoch: int, model: MultiTaskRanker) -> None:
+        ranks = ranks_of(scores_of(model, ctx, spec, feats, v_users)[0], v_users, v_target, ctx)
+        validation.append({"epoch": epoch, "hr@10": hit_rate_at_k(ranks, 10), "ndcg@10": ndcg_at_k(ranks, 10)})
+        print(f"  validation, epoch {epoch}: HR@10 {validation[-1]['hr@10']:.4f}", flush=True)
+
+    train_model(ctx, spec, feats, margs, config, args.max_epochs, np.random.default_rng(0), examples, validate)
+    epochs = max(validation, key=lambda v: v["hr@10"])["epoch"]
+    print(f"epochs chosen on validation: {epochs}", flush=True)
+
+    # 2. The final model on every training buy, scored on test.
+    rng = np.random.default_rng(0)
+    ctx, feats, examples = setup(train, rng)
+    model, train_seconds = train_model(ctx, spec, feats, margs, config, epochs, rng, examples)
     test_users = test.select("user_id", "item_id")
     if args.users:
         test_users = test_users.sample(min(args.users, test_users.height), seed=0)
     u_idx = spec.users.encode(test_users["user_id"])
     target = spec.items.encode(test_users["item_id"])
-    exclude = [np.concatenate([[0], ctx.bought.get(int(u), np.zeros(0, np.int64))]) for u in u_idx]
-    all_items = np.arange(1, n_items)
     start = time.perf_counter()
-    scores = np.zeros((len(u_idx), n_items), np.float32)
-    heuristic = np.zeros_like(scores)
-    with torch.no_grad():
-        for row, u in enumerate(u_idx):
-            batch = inputs(ctx, spec, feats, np.full(len(all_items), u), all_items)
-            scores[row, 1:] = model(batch.dense, batch.sparse)["buy"].numpy()
-            extra = batch.dense[:, len(DENSE_FEATURES):].numpy()
-            heuristic[row, 1:] = 100 * (extra[:, 0] + extra[:, 1]) + extra[:, 4]
+    scores, heuristic = scores_of(model, ctx, spec, feats, u_idx)
     score_seconds = time.perf_counter() - start
     popular = np.broadcast_to(np.log1p(ctx.item_counts[:, 2]), scores.shape)
 
-    rows = [PUBLISHED]
-    for name, s in (("unified ranker (torchrec, DCN-v2 + MMoE), buy task", scores),
+    rows = []
+    for name, s in ((f"unified ranker (torchrec, DCN-v2 + MMoE), buy task, {epochs} epoch(s)", scores),
                     ("heuristic: user's view/cart count, then buys", heuristic),
                     ("most popular by buys", popular)):
-        ranks = rank_of_target(s, target, exclude)
+        ranks = ranks_of(s, u_idx, target, ctx)
         m = {"hr@10": hit_rate_at_k(ranks, 10), "hr@50": hit_rate_at_k(ranks, 50), "ndcg@10": ndcg_at_k(ranks, 10),
              "users": float(len(ranks))}
         low, high = bootstrap_hr((ranks < 10).astype(np.float64), np.random.default_rng(1))
@@ -202,9 +259,10 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
         "benchmark": "ranker_tmall", "protocol": __doc__.strip(), "machine": platform.machine(),
-        "threads": torch.get_num_threads(), "test_users_scored": len(u_idx), "train_examples": len(item),
-        "train_seconds": train_seconds, "score_seconds": score_seconds, "epochs": args.epochs,
-        "config": dataclasses.asdict(config), "results": rows,
+        "threads": torch.get_num_threads(), "test_users_scored": len(u_idx), "train_examples": len(examples[1]),
+        "train_seconds": train_seconds, "score_seconds": score_seconds, "epochs": epochs,
+        "validation": validation, "validation_users": len(v_users),
+        "config": dataclasses.asdict(config), "results": rows, "published": [PUBLISHED],
     }, indent=2))
     print(f"wrote {OUT}")
 

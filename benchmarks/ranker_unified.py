@@ -1,6 +1,6 @@
 """One ranker over all content types against one ranker per type, same data and training budget.
 
-    .venv/bin/python benchmarks/ranker_unified.py [--epochs 4] [--negatives 99]
+    .venv/bin/python benchmarks/ranker_unified.py [--epochs 3] [--negatives 99] [--seeds 0,1,2]
 
 Data: ../shared/data/amazon-arts-office (two content types, arts_product and office_product, the
 same 9,577 users), split by the release's own protocol (`feedcore.splits.target_line`): train users
@@ -19,7 +19,8 @@ Evaluation per content type: each test target is re-ranked among itself and `--n
 the same type drawn in proportion to their training popularity (the kind of candidates retrieval
 hands the ranker), never from the user's history; the same candidates for every model. Pooled AUC,
 GAUC (per test row: the share of its negatives scored below the target), HR@10 and NDCG@10 of the
-target among its candidates. Writes benchmarks/results/ranker_unified.json.
+target among its candidates, per training seed, and their mean ± sd over `--seeds`. Writes
+benchmarks/results/ranker_unified.json.
 """
 
 from __future__ import annotations
@@ -91,13 +92,13 @@ def metrics(scores: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--negatives", type=int, default=99)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    config = dataclasses.replace(CONFIG, epochs=args.epochs)
 
     ds = load_dataset("amazon-arts-office")
     spec = build_feature_spec(ds.items, ds.users, max_history=50)
@@ -107,31 +108,47 @@ def main() -> None:
     cands = candidates(split.test, split.train, spec, feats, args.negatives, np.random.default_rng(0))
 
     rows = []
-    start = time.perf_counter()
-    unified, _ = train_ranker(config, spec, feats, split, progress=False)
-    seconds = time.perf_counter() - start
-    scores = score(unified, spec, feats, split.train, split.test, cands)
-    for t in types:
-        mask = (split.test["content_type"] == t).to_numpy()
-        rows.append({"model": "unified", "content_type": t, **metrics(scores[mask]), "train_seconds": seconds})
-    for t in types:
-        of_type = pl.col("content_type") == t
-        own = Split(split.train.filter(of_type), split.valid.filter(of_type), split.test.filter(of_type))
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        config = dataclasses.replace(CONFIG, epochs=args.epochs, seed=seed)
         start = time.perf_counter()
-        separate, _ = train_ranker(config, spec, feats, own, progress=False)
+        unified, _ = train_ranker(config, spec, feats, split, progress=False)
         seconds = time.perf_counter() - start
-        mask = (split.test["content_type"] == t).to_numpy()
-        scores = score(separate, spec, feats, own.train, split.test.filter(of_type), cands[mask])
-        rows.append({"model": "separate", "content_type": t, **metrics(scores), "train_seconds": seconds})
-    for r in rows:
-        print(f"{r['model']:<9} {r['content_type']:<15} AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
-              f"HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  ({int(r['rows'])} rows, "
-              f"{r['train_seconds']:.0f}s)")
+        scores = score(unified, spec, feats, split.train, split.test, cands)
+        for t in types:
+            mask = (split.test["content_type"] == t).to_numpy()
+            rows.append({"model": "unified", "content_type": t, "seed": seed, **metrics(scores[mask]),
+                         "train_seconds": seconds})
+        for t in types:
+            of_type = pl.col("content_type") == t
+            own = Split(split.train.filter(of_type), split.valid.filter(of_type), split.test.filter(of_type))
+            start = time.perf_counter()
+            separate, _ = train_ranker(config, spec, feats, own, progress=False)
+            seconds = time.perf_counter() - start
+            mask = (split.test["content_type"] == t).to_numpy()
+            scores = score(separate, spec, feats, own.train, split.test.filter(of_type), cands[mask])
+            rows.append({"model": "separate", "content_type": t, "seed": seed, **metrics(scores),
+                         "train_seconds": seconds})
+        for r in rows[-2 * len(types):]:
+            print(f"seed {seed} {r['model']:<9} {r['content_type']:<15} AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+                  f"HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  ({int(r['rows'])} rows, "
+                  f"{r['train_seconds']:.0f}s)", flush=True)
+    summary = []
+    for model in ("unified", "separate"):
+        for t in types:
+            runs = [r for r in rows if r["model"] == model and r["content_type"] == t]
+            entry = {"model": model, "content_type": t, "seeds": len(runs)}
+            for k in ("auc", "gauc", "hr@10", "ndcg@10"):
+                values = np.array([r[k] for r in runs])
+                entry[k] = float(values.mean())
+                entry[f"{k}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary.append(entry)
+            print(f"{model:<9} {t:<15} " + "  ".join(f"{k} {entry[k]:.4f} ± {entry[f'{k}_sd']:.4f}"
+                                                     for k in ("auc", "gauc", "hr@10", "ndcg@10")))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
         "benchmark": "ranker_unified", "protocol": __doc__.strip(), "machine": platform.machine(),
         "threads": torch.get_num_threads(), "negatives": args.negatives, "config": dataclasses.asdict(config),
-        "results": rows,
+        "summary": summary, "results": rows,
     }, indent=2))
     print(f"wrote {OUT}")
 

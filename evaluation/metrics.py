@@ -47,6 +47,31 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(ndcg_gains(ranks, k))) if len(ranks) else 0.0
 
 
+def grouped_ndcg(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """NDCG@K of each group's rows (a user's candidates) ordered by score, with 0/1 `labels` as
+    gains, averaged over the groups with a positive.
+
+    Example:
+        >>> grouped_ndcg(np.array([1, 1, 2, 2]), np.array([0, 1, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2]), 10)
+        0.8154648767857288
+    """
+    groups, labels, scores = np.asarray(groups), np.asarray(labels, np.float64), np.asarray(scores)
+    if len(groups) == 0:
+        return float("nan")
+
+    def dcg(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = groups[order]
+        starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+        position = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+        gains = np.where(position < k, labels[order] / np.log2(position + 2.0), 0.0)
+        return np.add.reduceat(gains, starts), starts
+
+    actual, _ = dcg(np.lexsort((-scores, groups)))
+    ideal, _ = dcg(np.lexsort((-labels, groups)))
+    live = ideal > 0
+    return float((actual[live] / ideal[live]).mean()) if live.any() else float("nan")
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney, ties averaged); NaN when one class is absent."""
     labels = np.asarray(labels).astype(bool)

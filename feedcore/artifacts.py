@@ -126,10 +126,11 @@ def save_model(
     inputs: TrainingInputs,
     history_events: tuple[str, ...],
     metrics: dict[str, Any],
+    extras: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Save a trained model with everything serving needs to rebuild it: its constructor args
     (`model.args`), the component config, vocabularies, item features, history event types,
-    the data fingerprint and its validation metrics."""
+    the data fingerprint and its validation metrics (and any `extras` of the model's own)."""
     return save_checkpoint(
         path,
         kind=kind,
@@ -138,5 +139,5 @@ def save_model(
         data_fingerprint=inputs.data_fingerprint,
         state_dict=model.state_dict(),
         extras={"model_args": dataclasses.asdict(model.args), "item_features": item_features_to_dict(inputs.item_features),
-                "history_events": list(history_events), "metrics": metrics},
+                "history_events": list(history_events), "metrics": metrics, **(extras or {})},
     )

@@ -182,23 +182,30 @@ class NewItems:
         source_items: list[np.ndarray],
         item_features: ItemFeatures,
         *,
-        content_type: int | np.ndarray = UNKNOWN,
+        content_type: int | np.ndarray | None = None,
         text: np.ndarray | None = None,
         created_at: np.ndarray | None = None,
         embedding: np.ndarray | None = None,
     ) -> NewItems:
         """New items that inherit the categories of the items they were made from (a generated
-        post of its source items): the sorted union of those items' categories.
+        post of its source items): the sorted union of those items' categories, and by default
+        the content type most of them have, a type the model was trained on (a post about films
+        is read as a film, not through the never-trained unknown row).
 
         Args:
             rows: (M,) positions in the batch.
             source_items: M arrays of item indices, the sources of each new item.
-            content_type: one index for all, or (M,); default unknown (the ``generated`` type).
+            content_type: one index for all, or (M,); default: each new item's sources' most common.
         """
-        cats = []
+        cats, types = [], []
         for sources in source_items:
-            _, values = item_features.categories_of(np.asarray(sources, np.int64))
+            sources = np.asarray(sources, np.int64)
+            _, values = item_features.categories_of(sources)
             cats.append(np.unique(values))
+            known = item_features.content_type[sources[sources != UNKNOWN]]
+            types.append(int(np.bincount(known).argmax()) if len(known) else UNKNOWN)
+        if content_type is None:
+            content_type = np.array(types, np.int64)
         lengths = np.array([len(c) for c in cats], np.int64)
         values = np.concatenate(cats or [np.zeros(0, np.int64)]).astype(np.int64)
         rows = np.asarray(rows, np.int64)

@@ -95,6 +95,7 @@ def ranker_inputs(
     retrieval: RetrievalScorer | None = None,
     new_items: NewItems | None = None,
     user_embedding: np.ndarray | None = None,
+    unknown_items: np.ndarray | None = None,
 ) -> RankerBatch:
     """Model inputs for B (user, candidate item) rows.
 
@@ -116,6 +117,9 @@ def ranker_inputs(
             generated posts; every other row's content is looked up in `item_features`.
         user_embedding: (D,) the retrieval user embedding every row shares (one feed request's),
             when the caller computed it already; otherwise the scorer embeds the rows' users.
+        unknown_items: optional (B,) bool: rows whose item id is fed as unknown (0) while their
+            content (type, categories, text, age, popularity, retrieval score) stays the item's.
+            Training's id dropout: the id-free path that new items and generated posts take.
 
     Returns:
         A `RankerBatch`: dense (B, Dd) = [popularity as of `event_time`, log1p history length, extra_dense, log1p age
@@ -131,8 +135,9 @@ def ranker_inputs(
     ones = np.ones(b, np.int64)
     if source is None:
         source = np.zeros(b, np.int64)
+    item_ids = item if unknown_items is None else np.where(unknown_items, 0, item)
     sparse = {
-        "user_id": (ones, user), "item_id": (ones, item), "history": (hist_lengths, history[hist_mask]),
+        "user_id": (ones, user), "item_id": (ones, item_ids), "history": (hist_lengths, history[hist_mask]),
         "content_type": (ones, content.content_type), "category": (content.category_lengths, content.category_values),
         "source": (ones, source),
     }

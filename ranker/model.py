@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,8 +43,10 @@ from feedcore.config import TaskConfig
 SPARSE_FEATURES = ("user_id", "item_id", "history", "content_type", "category", "source")
 # The candidate source that proposed the item (`retrieval.candidates`), id = position here. Training
 # examples built from datasets have no source ("unknown"); examples rebuilt from served logs carry
-# the logged one, so the ranker can learn how much each source's candidates are worth.
-CANDIDATE_SOURCES = ("unknown", "ann", "social", "follow", "popular", "generated")
+# the logged one, so the ranker can learn how much each source's candidates are worth. A model reads
+# only the sources its training examples carried (`RankerArgs.sources`): any other is fed as
+# unknown, never through a row no training step touched.
+CANDIDATE_SOURCES = ("unknown", "ann", "social", "follow", "popular", "generated", "fresh")
 SOURCE_IDS = {name: i for i, name in enumerate(CANDIDATE_SOURCES)}
 DENSE_FEATURES = ("item_popularity", "user_activity")
 # `feedcore.features.time_context` buckets: 0 unknown, 1-24 hour of day, 25-31 day of week.
@@ -114,6 +118,12 @@ class RankerArgs:
     expert_hidden: int = 64
     num_dense: int = len(DENSE_FEATURES)  # DENSE_FEATURES plus any extra dense inputs a job adds
     features: RankerFeatures = RankerFeatures()
+    sources: tuple[str, ...] = ("unknown",)  # the candidate sources training examples carried
+
+    def source_ids(self, names: Sequence[str]) -> np.ndarray:
+        """(B,) the source feature of candidates found by `names`: a source this model was trained
+        on keeps its id (`SOURCE_IDS`), any other is read as unknown (0), a row that was trained."""
+        return np.array([SOURCE_IDS[n] if n in self.sources else 0 for n in names], np.int64)
 
     @property
     def num_scalar_dense(self) -> int:

@@ -25,18 +25,25 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 from tqdm import tqdm
 
-from evaluation.metrics import auc, gauc
+from evaluation.metrics import auc, expected_calibration_error, gauc, grouped_ndcg, log_loss
 from feedcore.artifacts import Checkpoint, load_checkpoint, save_model
 from feedcore.config import EngineConfig, RankerConfig, resolve_device
 from feedcore.distributed import process_group
 from feedcore.errors import ArtifactError, DataError
-from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories
+from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories, pad_histories
 from feedcore.prepare import TrainingInputs, load_training_inputs
 from feedcore.splits import Split
 from feedcore.text import TEXT_DIM, item_text_embeddings
 from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs
 from ranker.data import RankerExamples, examples_from_log, make_examples
-from ranker.model import MultiTaskRanker, MultiTaskRankerTrain, RankerArgs, RankerFeatures
+from ranker.model import (
+    CANDIDATE_SOURCES,
+    NUM_CONTEXT_BUCKETS,
+    MultiTaskRanker,
+    MultiTaskRankerTrain,
+    RankerArgs,
+    RankerFeatures,
+)
 from retrieval.model import TwoTower
 
 logger = logging.getLogger(__name__)
@@ -49,7 +56,9 @@ def ranker_features(config: RankerConfig) -> RankerFeatures:
                           context=config.context, history_pooling=config.history_pooling)
 
 
-def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
+def model_args(config: RankerConfig, spec: FeatureSpec, sources: tuple[str, ...] = ("unknown",)) -> RankerArgs:
+    """The model's args for `spec`'s vocabularies; `sources`: the candidate sources its training
+    examples carry (any other is served as unknown)."""
     return RankerArgs(
         num_users=len(spec.users),
         num_items=len(spec.items),
@@ -65,14 +74,24 @@ def model_args(config: RankerConfig, spec: FeatureSpec) -> RankerArgs:
         num_task_experts=config.num_task_experts,
         expert_hidden=config.expert_hidden,
         features=ranker_features(config),
+        sources=sources,
     )
 
 
 def example_inputs(rows: RankerExamples, item_features: ItemFeatures, features: RankerFeatures,
-                   retrieval: RetrievalScorer | None, labels: bool = True) -> RankerBatch:
-    """`ranker_inputs` of training or validation examples, at each example's event time."""
-    return ranker_inputs(rows.user, rows.item, rows.history, item_features, rows.labels if labels else None,
-                         source=rows.source, features=features, event_time=rows.time, retrieval=retrieval)
+                   retrieval: RetrievalScorer | None, labels: bool = True, id_dropout: float = 0.0,
+                   rng: np.random.Generator | None = None) -> RankerBatch:
+    """`ranker_inputs` of training or validation examples, at each example's event time.
+
+    `id_dropout`: the share of rows whose item id is fed as unknown (their content kept: the path of
+    new items and posts), and, drawn apart, of rows whose user is fed as unknown (a new user)."""
+    user, unknown_items = rows.user, None
+    if id_dropout > 0:
+        user = np.where(rng.random(len(rows)) < id_dropout, 0, rows.user)
+        unknown_items = rng.random(len(rows)) < id_dropout
+    return ranker_inputs(user, rows.item, rows.history, item_features, rows.labels if labels else None,
+                         source=rows.source, features=features, event_time=rows.time, retrieval=retrieval,
+                         unknown_items=unknown_items)
 
 
 def train_ranker(
@@ -107,13 +126,16 @@ def train_ranker(
         logger.info("ranker: %d examples from the event log (%d with an engagement)", len(served),
                     int(np.nansum(served.labels, axis=1).astype(bool).sum()))
         train = RankerExamples.concat([train, served])
-    args = model_args(config, spec)
+    trained_sources = np.unique(train.source) if train.source is not None else np.zeros(1, np.int64)
+    args = model_args(config, spec, tuple(CANDIDATE_SOURCES[i] for i in trained_sources))
     if args.features.retrieval_score and retrieval is None:
         raise ValueError("ranker retrieval_score = true needs the retrieval model's scorer")
+    probe_rows, probe = parity_probe(split, spec, history_event_types, args, item_features, retrieval)
 
     with process_group(device) as (rank, world_size):
         dmp, dense_optimizer = shard_for_training(MultiTaskRanker(args, device=torch.device("meta")), config,
                                                   device, world_size)
+        initial = unsharded_state_dict(dmp)
         # Each rank trains on its own slice of every shuffled epoch.
         n_batches = max(1, len(train) // (config.batch_size * world_size))
         for epoch in range(config.epochs):
@@ -124,10 +146,14 @@ def train_ranker(
                        disable=None if progress and rank == 0 else True)
             for b in bar:
                 rows = train.take(order[b * config.batch_size : (b + 1) * config.batch_size])
-                batch = example_inputs(rows, item_features, args.features, retrieval).to(device)
+                batch = example_inputs(rows, item_features, args.features, retrieval, id_dropout=config.id_dropout,
+                                       rng=rng).to(device)
                 total += train_step(dmp, dense_optimizer, batch)
                 bar.set_postfix(loss=f"{total / (b + 1):.4f}")
             logger.info("ranker epoch %d: loss %.4f", epoch + 1, total / n_batches)
+        dmp.eval()
+        with torch.no_grad():  # the trained module's own predictions, for the checkpoint's parity check
+            trained = dmp.module.model(probe.dense.to(device), probe.sparse.to(torch.device(device)))
         state = unsharded_state_dict(dmp)
         plan = describe_plan(dmp.plan)
 
@@ -137,7 +163,88 @@ def train_ranker(
     inference.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     metrics = evaluate_ranker(inference, spec, item_features, split, history_event_types, config, rng,
                               retrieval=retrieval)
-    return inference, {**metrics, "sharding": plan}
+    metrics.update({f"untrained_rows/{f}": share for f, share in
+                    untrained_row_shares(initial, state, served_rows(args, item_features)).items()})
+    probe_rows["predictions"] = {t: p.cpu().tolist() for t, p in trained.items()}
+    metrics["checkpoint_parity"] = check_parity(inference, probe, probe_rows["predictions"])
+    return inference, {**metrics, "sharding": plan, "parity_probe": probe_rows}
+
+
+def parity_probe(split: Split, spec: FeatureSpec, history_event_types: tuple[str, ...], args: RankerArgs,
+                 item_features: ItemFeatures, retrieval: RetrievalScorer | None, users: int = 8,
+                 items: int = 8) -> tuple[dict, RankerBatch]:
+    """A small batch as the server builds it: a few users with their latest training histories, a
+    few catalogue items each, found by every candidate source, at the last training event's time,
+    with the item features a checkpoint saves. The trained module's predictions on it are saved
+    with the checkpoint, so the served model can be checked against them (`check_parity`)."""
+    rng = np.random.default_rng(0)
+    histories = latest_histories(history_events(split.train, history_event_types), spec)
+    user_ids = sorted(histories)[:users]
+    ts = split.train["ts"].max() if "ts" in split.train.columns and split.train.height else None
+    time_ms = int(ts) * 1000 if ts is not None else 0  # events' ts: unix seconds; a request's: milliseconds
+    rows = [{"user_id": u, "history": [spec.items.decode(int(i)) for i in histories[u]],
+             "items": [spec.items.decode(int(i)) for i in rng.integers(1, len(spec.items), items)],
+             "sources": [CANDIDATE_SOURCES[(i + j) % len(CANDIDATE_SOURCES)] for j in range(items)]}
+            for i, u in enumerate(user_ids)]
+    batch = probe_inputs(rows, time_ms, spec, args, item_features, retrieval)
+    return {"time_ms": time_ms, "rows": rows}, batch
+
+
+def probe_inputs(rows: list[dict], time_ms: int, spec: FeatureSpec, args: RankerArgs, item_features: ItemFeatures,
+                 retrieval: RetrievalScorer | None) -> RankerBatch:
+    """The model inputs of a parity probe's rows, by `ranker_inputs` with the saved item features."""
+    user = np.concatenate([np.full(len(r["items"]), spec.users.encode_one(r["user_id"]), np.int64) for r in rows])
+    item = np.concatenate([spec.items.encode(r["items"]) for r in rows])
+    history = np.concatenate([np.repeat(pad_histories([spec.items.encode(r["history"])], spec.max_history),
+                                        len(r["items"]), axis=0) for r in rows])
+    source = np.concatenate([args.source_ids(r["sources"]) for r in rows])
+    served = dataclasses.replace(item_features, event_offsets=None, event_times=None)
+    return ranker_inputs(user, item, history, served, source=source, features=args.features,
+                         event_time=np.full(len(item), time_ms / 1000.0), retrieval=retrieval)
+
+
+def check_parity(model: MultiTaskRanker, probe: RankerBatch, expected: dict[str, list[float]],
+                 tolerance: float = 1e-5) -> float:
+    """The largest difference between `model`'s predictions on `probe` and `expected` (the trained
+    module's); raises when it passes `tolerance`: a checkpoint must predict what was trained."""
+    with torch.no_grad():
+        preds = model.eval()(probe.dense, probe.sparse)
+    worst = max((float(np.abs(preds[t].numpy() - np.asarray(v, np.float32)).max(initial=0.0))
+                 for t, v in expected.items()), default=0.0)
+    if worst > tolerance:
+        raise ArtifactError(f"the gathered ranker predicts up to {worst:.2e} away from the trained module on the "
+                            f"parity probe (tolerance {tolerance:g}): the checkpoint is not the model that trained")
+    return worst
+
+
+def served_rows(args: RankerArgs, item_features: ItemFeatures) -> dict[str, tuple[str, np.ndarray]]:
+    """Per categorical feature the model reads: its table and the rows serving can feed it."""
+    catalogue = np.arange(1, len(item_features.content_type))
+    _, categories = item_features.categories_of(catalogue)
+    rows = {
+        "user_id": ("t_user", np.arange(args.num_users)),  # row 0: a user unseen in training
+        "item_id": ("t_item", np.arange(args.num_items)),  # row 0: a new item or a generated post
+        "content_type": ("t_content_type", np.unique(item_features.content_type[catalogue])),
+        "category": ("t_category", np.unique(categories)),
+        "source": ("t_source", np.unique(args.source_ids(CANDIDATE_SOURCES))),
+    }
+    if args.features.context:
+        rows["context"] = ("t_context", np.arange(1, NUM_CONTEXT_BUCKETS))  # a request always has a time
+    return rows
+
+
+def untrained_row_shares(initial: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
+                         rows: dict[str, tuple[str, np.ndarray]]) -> dict[str, float]:
+    """Per feature, the share of the rows serving can feed whose embedding no training step changed."""
+    out = {}
+    for feature, (table, served) in rows.items():
+        key = next(k for k in trained if k.endswith(f".{table}.weight"))
+        changed = (initial[key] != trained[key]).any(dim=1).numpy()
+        out[feature] = float((~changed[served]).mean()) if len(served) else 0.0
+        if out[feature] > 0:
+            logger.info("ranker: %.1f%% of the %s rows serving can feed got no training update",
+                        100 * out[feature], feature)
+    return out
 
 
 def train_step(dmp: DistributedModelParallel, dense_optimizer: torch.optim.Optimizer, batch: RankerBatch) -> float:
@@ -215,13 +322,16 @@ def unsharded_state_dict(dmp: DistributedModelParallel) -> dict[str, torch.Tenso
 
 @torch.no_grad()
 def predict(model: MultiTaskRanker, examples: RankerExamples, item_features: ItemFeatures,
-            batch_size: int = 4096, retrieval: RetrievalScorer | None = None) -> np.ndarray:
-    """(n, T) predictions of `model` on `examples`."""
+            batch_size: int = 4096, retrieval: RetrievalScorer | None = None, id_free: bool = False) -> np.ndarray:
+    """(n, T) predictions of `model` on `examples`; `id_free`: every item fed as unknown (id 0)
+    with its own content, as new items and generated posts are served."""
     model.eval()
     out = []
     for i in range(0, len(examples), batch_size):
         rows = examples.take(np.arange(i, min(i + batch_size, len(examples))))
-        batch = example_inputs(rows, item_features, model.args.features, retrieval, labels=False)
+        batch = ranker_inputs(rows.user, rows.item, rows.history, item_features, source=rows.source,
+                              features=model.args.features, event_time=rows.time, retrieval=retrieval,
+                              unknown_items=np.full(len(rows), id_free))
         preds = model(batch.dense, batch.sparse)
         out.append(torch.stack([preds[t] for t in model.task_names], dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.task_names)), np.float32)
@@ -237,8 +347,10 @@ def evaluate_ranker(
     rng: np.random.Generator,
     retrieval: RetrievalScorer | None = None,
 ) -> dict[str, float]:
-    """AUC and GAUC per binary task on validation events (plus sampled negatives), scored with the
-    user's full training history, as the server would."""
+    """Per binary task on validation events (plus sampled negatives), scored with the user's full
+    training history, as the server would: AUC, GAUC, NDCG@10 of each user's examples, log loss and
+    expected calibration error (the value model adds these probabilities up), and AUC and NDCG@10
+    through the id-free path (every item id unknown, its content kept): how new items and posts rank."""
     if split.valid.height == 0:
         return {}
     context = latest_histories(history_events(split.train, history_event_types), spec)
@@ -249,13 +361,20 @@ def evaluate_ranker(
     # other users' training events.
     served = dataclasses.replace(item_features, event_offsets=None, event_times=None)
     preds = predict(model, valid, served, retrieval=retrieval)
+    id_free = predict(model, valid, served, retrieval=retrieval, id_free=True)
     metrics: dict[str, float] = {}
     for t, task in enumerate(config.tasks):
         if task.kind != "binary":
             continue
         present = ~np.isnan(valid.labels[:, t])
-        metrics[f"{task.name}/auc"] = auc(valid.labels[present, t], preds[present, t])
-        metrics[f"{task.name}/gauc"] = float(gauc(valid.user[present], valid.labels[present, t], preds[present, t]))
+        labels, users = valid.labels[present, t], valid.user[present]
+        metrics[f"{task.name}/auc"] = auc(labels, preds[present, t])
+        metrics[f"{task.name}/gauc"] = float(gauc(users, labels, preds[present, t]))
+        metrics[f"{task.name}/ndcg@10"] = grouped_ndcg(users, labels, preds[present, t], 10)
+        metrics[f"{task.name}/log_loss"] = log_loss(labels, preds[present, t])
+        metrics[f"{task.name}/ece"] = expected_calibration_error(labels, preds[present, t])
+        metrics[f"{task.name}/auc_id_free"] = auc(labels, id_free[present, t])
+        metrics[f"{task.name}/ndcg@10_id_free"] = grouped_ndcg(users, labels, id_free[present, t], 10)
     metrics["examples"] = float(len(valid))
     return metrics
 
@@ -297,9 +416,11 @@ def train_ranker_job(
         return None, {}
     if retrieval_version is not None:  # serving refuses a ranker trained on another retrieval model's scores
         metrics["retrieval_version"] = retrieval_version
-    # The item features saved are the ones trained on (with their text, when on), so serving reads the same.
+    # The item features saved are the ones trained on (with their text, when on), so serving reads the
+    # same; the parity probe lets a loader check that it predicts what the trained module did.
+    probe = metrics.pop("parity_probe")
     ckpt = save_model(config.ranker_path, kind="ranker", model=model, config=config.ranker, inputs=inputs,
-                      history_events=config.data.history_events, metrics=metrics)
+                      history_events=config.data.history_events, metrics=metrics, extras={"parity_probe": probe})
     return ckpt, metrics
 
 

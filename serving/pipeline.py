@@ -34,7 +34,7 @@ from generation.interface import GeneratedPost, SourceItem
 from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs, ranker_item_embeddings
 from ranker.blender import blend
 from ranker.exploration import ExplorationConfig, explore, session_seed
-from ranker.model import SOURCE_IDS, MultiTaskRanker, quantize_for_serving
+from ranker.model import MultiTaskRanker, quantize_for_serving
 from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, Candidates, UserState, make_candidate_generator
 from retrieval.embed import embed_users
@@ -44,7 +44,7 @@ from serving.event_log import now_ms
 
 logger = logging.getLogger(__name__)
 POST_CONTENT_TYPE = "generated"  # the content type of generated posts
-POST_SOURCE = "generated"  # their candidate source (a ranker feature, `ranker.model.SOURCE_IDS`)
+POST_SOURCE = "generated"  # their candidate source (a ranker feature, `RankerArgs.source_ids`)
 
 
 class CursorError(ValueError):
@@ -379,7 +379,7 @@ class FeedPipeline:
         embedding is `user.embedding` when the caller computed it."""
         users = np.full(len(item), self.spec.users.encode_one(user.user_id), np.int64)
         hist = np.repeat(pad_histories([user.history], self.spec.max_history), len(item), axis=0)
-        source = np.array([SOURCE_IDS.get(s, 0) for s in sources], np.int64)
+        source = self.ranker.args.source_ids(sources)
         return ranker_inputs(users, item, hist, self.item_features, source=source, new_items=new_items,
                              features=self.ranker.args.features, event_time=np.full(len(item), request_ms / 1000.0),
                              retrieval=self.retrieval_scorer, user_embedding=user.embedding)
@@ -404,23 +404,24 @@ class FeedPipeline:
         text = np.asarray(text, np.float32)
         embedding = None if self.retrieval is None else self.post_embeddings(source_item_ids, text)
         sources = [self.spec.items.encode(pl.Series(ids, dtype=pl.String)) for ids in source_item_ids]
-        return NewItems.from_source_items(rows, sources, self.item_features,
-                                          content_type=self.spec.content_types.encode_one(POST_CONTENT_TYPE),
-                                          text=text, created_at=created_at, embedding=embedding)
+        return NewItems.from_source_items(rows, sources, self.item_features, text=text, created_at=created_at,
+                                          embedding=embedding)
 
     @torch.no_grad()
     def post_embeddings(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray) -> np.ndarray:
         """(M, D) retrieval-space embeddings of M posts from their content: the union of their
         sources' categories and their text (`TwoTower.content_embeddings`)."""
         model, spec = self.retrieval, self.retrieval_spec
-        cats = []
+        cats, types = [], []
         for ids in source_item_ids:
             idx = spec.items.encode(pl.Series(ids, dtype=pl.String))
             values = [model.category_values[model.category_offsets[i]:model.category_offsets[i + 1]] for i in idx]
             cats.append(torch.unique(torch.cat(values)) if values else torch.zeros(0, dtype=torch.long))
+            known = model.content_type[torch.from_numpy(idx[idx != 0])]
+            types.append(int(torch.bincount(known).argmax()) if len(known) else 0)  # its sources' type, as the ranker
         lengths = torch.tensor([len(c) for c in cats])
         offsets = torch.cumsum(lengths, 0) - lengths
-        content_type = torch.full((len(cats),), spec.content_types.encode_one(POST_CONTENT_TYPE), dtype=torch.long)
+        content_type = torch.tensor(types, dtype=torch.long)
         out = model.content_embeddings(content_type, torch.cat(cats), offsets, torch.from_numpy(text))
         return out.numpy().astype(np.float32)
 

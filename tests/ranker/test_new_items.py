@@ -22,13 +22,13 @@ def test_new_items_inherit_their_sources_categories_and_keep_the_unknown_id():
                                      text=np.ones((2, 4), np.float32), created_at=np.array([10.0, 20.0]))
     assert new.category_lengths.tolist() == [3, 2]
     assert new.category_values.tolist() == [1, 2, 3, 2, 3]  # sorted unions: [1, 2, 3], [2, 3]
-    assert new.content_type.tolist() == [0, 0]  # `generated` is in no training vocabulary: unknown
+    assert new.content_type.tolist() == [1, 1]  # their sources' most common type, a trained row
 
     item = np.array([2, 0, 4, 0])
     batch = ranker_inputs(np.array([1, 1, 1, 1]), item, np.array([[0, 1]] * 4), feats, new_items=new)
     kjt = batch.sparse.to_dict()
     assert kjt["item_id"].values().tolist() == [2, 0, 4, 0]  # new rows keep id 0
-    assert kjt["content_type"].values().tolist() == [1, 0, 2, 0]
+    assert kjt["content_type"].values().tolist() == [1, 1, 2, 1]  # new rows: their sources' type
     assert kjt["category"].lengths().tolist() == [2, 3, 1, 2]
     assert kjt["category"].values().tolist() == [2, 3, 1, 2, 3, 3, 2, 3]
     assert batch.dense[:, 0].tolist() == [2.0, 0.0, 4.0, 0.0]  # popularity: none for new items
