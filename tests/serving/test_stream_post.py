@@ -66,8 +66,9 @@ def stub(running):
 def test_stream_post_streams_a_grounded_post_that_joins_the_next_feed(stub, running):
     chunks = list(stub.StreamPost(feed_pb2.StreamPostRequest(user_id="1", max_new_tokens=16), timeout=180))
     pieces, final = chunks[:-1], chunks[-1]
-    assert len(pieces) >= 2 and all(not c.done and c.text for c in pieces)  # token by token
+    assert pieces and all(not c.done and c.text for c in pieces)  # sentence by sentence (issue 20)
     assert final.done and final.post_id.startswith("gen:") and final.post_text
+    assert "".join(c.text for c in pieces) == final.post_text  # what was streamed is what is served
     provenance = final.provenance
     assert 2 <= len(provenance.source_item_ids) <= 4 and provenance.method in {"model", "repaired", "template"}
     assert provenance.model_version.startswith("smollm2") and provenance.prompt_version
