@@ -263,7 +263,7 @@ class ItemFeatures:
         # the event's time among the T distinct times (exact at any scale, unlike adding seconds).
         query = i * (len(distinct) + 1) + np.searchsorted(distinct, times[known], side="left")
         counts = np.searchsorted(keys, query, side="left") - self.event_offsets[i]
-        total[known] = np.log1p(counts).astype(np.float32)
+        total[known] = np.log1p(counts.astype(np.float32))  # the same float32 log1p as the served totals
         return total
 
     @functools.cached_property  # computed on first use (it writes the instance dict, which a frozen dataclass allows)
