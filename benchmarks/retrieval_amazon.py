@@ -58,7 +58,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import full_ranking_metrics
+from evaluation.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.config import RetrievalConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
@@ -68,7 +68,7 @@ from feedcore.text import item_text_embeddings
 from retrieval.candidates import fresh_items
 from retrieval.embed import embed_items, embed_users
 from retrieval.ops import ranks_in_chunks
-from retrieval.train import evaluate_retrieval, heldout_inputs, metrics_from_ranks, train_retrieval
+from retrieval.train import evaluate_retrieval, heldout_inputs, train_retrieval
 
 OUT = Path(__file__).parent / "results" / "retrieval_amazon.json"
 TEXT_CACHE = Path("artifacts/benchmarks/amazon-arts-office-titles.npy")

@@ -181,7 +181,13 @@ def full_ranking_metrics(
     With `groups` (e.g. the content type of each row's target), the same metrics per group too,
     keyed ``"<group>/hr@10"`` and so on.
     """
-    ranks = rank_of_target(scores, target, exclude)
+    return metrics_from_ranks(rank_of_target(scores, target, exclude), ks, groups)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 50, 200),
+                       groups: np.ndarray | None = None) -> dict[str, float]:
+    """HR@K for each K, NDCG@10 and the row count of 0-based target ranks; with `groups`, the
+    same per group too, keyed ``"<group>/hr@10"`` and so on."""
 
     def summary(r: np.ndarray) -> dict[str, float]:
         out = {f"hr@{k}": hit_rate_at_k(r, k) for k in ks}

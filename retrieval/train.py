@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from evaluation.metrics import hit_rate_at_k, ndcg_at_k
+from evaluation.metrics import metrics_from_ranks
 from feedcore.artifacts import Checkpoint, save_model
 from feedcore.config import EngineConfig, RetrievalConfig, resolve_device
 from feedcore.features import (
@@ -316,24 +316,6 @@ def evaluate_retrieval(
     types = heldout["content_type"].to_numpy() if "content_type" in heldout.columns else None
     groups = types if types is not None and len(np.unique(types)) > 1 else None
     return metrics_from_ranks(ranks, ks, groups)
-
-
-def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 50, 200),
-                       groups: np.ndarray | None = None) -> dict[str, float]:
-    """HR@K for each K, NDCG@10 and the row count of 0-based target ranks; with `groups`, the
-    same per group too, keyed ``"<group>/hr@10"`` and so on."""
-
-    def summary(r: np.ndarray) -> dict[str, float]:
-        out = {f"hr@{k}": hit_rate_at_k(r, k) for k in ks}
-        out["ndcg@10"] = ndcg_at_k(r, 10)
-        out["users"] = float(len(r))
-        return out
-
-    metrics = summary(ranks)
-    if groups is not None:
-        for g in np.unique(groups):
-            metrics.update({f"{g}/{k}": v for k, v in summary(ranks[groups == g]).items()})
-    return metrics
 
 
 def heldout_ranks(
