@@ -80,8 +80,11 @@ def model_args(config: RankerConfig, spec: FeatureSpec, sources: tuple[str, ...]
 
 def example_inputs(rows: RankerExamples, item_features: ItemFeatures, features: RankerFeatures,
                    retrieval: RetrievalScorer | None, labels: bool = True, id_dropout: float = 0.0,
-                   rng: np.random.Generator | None = None) -> RankerBatch:
+                   rng: np.random.Generator | None = None, reader: RankerArgs | None = None) -> RankerBatch:
     """`ranker_inputs` of training or validation examples, at each example's event time.
+
+    `reader`: the model that will read these rows, when it was trained on other examples: a source
+    it was not trained on is fed as unknown, as serving feeds it (`RankerArgs.source_ids`).
 
     `id_dropout`: the share of rows whose item id is fed as unknown (their content kept: the path of
     new items and posts), and, drawn apart, of rows whose user is fed as unknown (a new user)."""
@@ -89,8 +92,11 @@ def example_inputs(rows: RankerExamples, item_features: ItemFeatures, features: 
     if id_dropout > 0:
         user = np.where(rng.random(len(rows)) < id_dropout, 0, rows.user)
         unknown_items = rng.random(len(rows)) < id_dropout
+    source = rows.source
+    if reader is not None and source is not None:
+        source = reader.source_ids([CANDIDATE_SOURCES[i] for i in source])
     return ranker_inputs(user, rows.item, rows.history, item_features, rows.labels if labels else None,
-                         source=rows.source, features=features, event_time=rows.time, retrieval=retrieval,
+                         source=source, features=features, event_time=rows.time, retrieval=retrieval,
                          unknown_items=unknown_items)
 
 

@@ -65,7 +65,8 @@ def test_served_features_equal_the_training_transform_of_the_logged_request(feat
     retrieval, version = load_retrieval_scorer(config, inputs)
     examples = examples_from_log(log, inputs.spec, config.ranker.tasks, {user_id: history})
     assert examples.item.tolist() == pipeline.spec.items.encode(pl.Series(item_ids)).tolist()  # in the page's order
-    trained = example_inputs(examples, inputs.item_features, features, retrieval, labels=False)
+    trained = example_inputs(examples, inputs.item_features, features, retrieval, labels=False,
+                             reader=pipeline.ranker.args)  # the served model: sources it never trained on read as unknown
 
     assert load_checkpoint(config.ranker_path, "ranker").extras["metrics"]["retrieval_version"] == version
     assert served.dense.shape == trained.dense.shape == (len(item_ids), features.num_extra_dense + 2 + 384)
