@@ -49,7 +49,7 @@ class EpochLosses(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         for model in self.losses:
-            if record.msg.startswith(f"{model} epoch"):
+            if record.msg.startswith(f"{model} epoch %d: loss"):  # not the validation lines
                 self.losses[model].append((int(record.args[0]), float(record.args[1])))
 
 

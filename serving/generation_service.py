@@ -30,6 +30,7 @@ from generation.service import create_generation_server
 from generation.writer import PostWriter
 from serving.generated_posts import TextEmbeddings
 from serving.pipeline import FeedPipeline
+from serving.process import LAUNCHER_GONE
 from serving.reloader import ModelReloader
 
 logger = logging.getLogger(__name__)
@@ -97,12 +98,14 @@ def serve_generation(engine: EngineConfig, address: str, on_ready: Callable[[str
     stopping = threading.Event()
 
     def shutdown(signum, _frame) -> None:
+        if stopping.is_set():
+            return
         logger.info("signal %s: stopping the generation service", signal.Signals(signum).name)
         running.health.enter_graceful_shutdown()
         stopping.set()
 
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    for signum in (signal.SIGTERM, signal.SIGINT, LAUNCHER_GONE):
+        signal.signal(signum, shutdown)
     running.server.start()
     logger.info("generation service: %s on %s, %d titles to ground posts in", writer.model_version,
                 running.address, len(writer.catalog))

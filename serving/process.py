@@ -13,7 +13,7 @@ once (the processes, restarted ones too, run a copy of it), starts process 0 (wh
 ready line once all serve, and on SIGTERM / SIGINT passes the signal on and waits for each to
 drain. A process that fails to start stops the launch; one that dies while serving is restarted
 on its log (with a doubling delay when it keeps dying) while the others serve on. A process whose
-launcher dies (even by kill -9) gets SIGTERM from the kernel and drains too.
+launcher dies (even by kill -9) gets LAUNCHER_GONE from the kernel and drains too.
 
 With generation on and no ``[generation] service`` configured, the launcher first starts one
 generation service for all the processes (`GenerationProcess`: `feed serve-generation` on a Unix
@@ -40,24 +40,29 @@ from feedcore.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 LAUNCHER_PID = "FEED_LAUNCHER_PID"  # in a process's environment: the launcher it belongs to
+# What the kernel sends a process when its launcher dies: a drain, never the "second SIGTERM, exit
+# now" of an operator. Not SIGTERM: the kernel sends the parent-death signal again each time the
+# process is handed to another of the dying launcher's threads, so a kill -9 can deliver it twice.
+LAUNCHER_GONE = signal.SIGUSR1
 RESTART_DELAY_S = 1.0  # before restarting a process that died; doubled per restart in a crash loop
 MAX_RESTART_DELAY_S = 60.0
 STABLE_S = 60.0  # a process that served this long before dying is restarted after RESTART_DELAY_S again
 
 
 def stop_with_launcher() -> None:
-    """In a process of `serve_processes`: have the kernel send it SIGTERM (a graceful drain) when
-    the launcher dies, even by kill -9, so no process is left serving alone (Linux only)."""
+    """In a process of `serve_processes`: have the kernel send it LAUNCHER_GONE (a graceful drain,
+    however often it comes) when the launcher dies, even by kill -9, so no process is left serving
+    alone (Linux only). Until the process serves, the signal's default action ends it."""
     if sys.platform != "linux":
         return
     import ctypes
 
     pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, LAUNCHER_GONE, 0, 0, 0) != 0:
         logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this process outlives its launcher", ctypes.get_errno())
     launcher = os.environ.get(LAUNCHER_PID)
     if launcher and os.getppid() != int(launcher):  # the launcher died before the call
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), LAUNCHER_GONE)
 
 
 class GenerationProcess:

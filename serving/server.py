@@ -31,6 +31,7 @@ from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
 from serving.interceptors import SPARE_THREADS, Admission, server_interceptors
 from serving.metrics import ServiceMetrics
+from serving.process import LAUNCHER_GONE
 from serving.pipeline import FeedPipeline
 from serving.reloader import ModelReloader, freeze_heap
 from serving.servicer import FeedServicer
@@ -139,7 +140,10 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
 
     def shutdown(signum, _frame) -> None:
         name = signal.Signals(signum).name
-        if stopping.is_set():  # a second signal: the operator will not wait for the drain
+        if stopping.is_set():
+            if signum == LAUNCHER_GONE:  # the kernel's, maybe once per thread of the dead launcher
+                return
+            # A second signal: the operator will not wait for the drain.
             # Nothing acknowledged is lost: every acknowledged event was fsynced before its ack.
             os.write(2, f"signal {name} again: exiting now\n".encode())
             os._exit(128 + signum)
@@ -147,8 +151,8 @@ def serve(engine: EngineConfig, pipeline: FeedPipeline, event_log: EventLog | No
         health_servicer.enter_graceful_shutdown()
         stopping.set()
 
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    for signum in (signal.SIGTERM, signal.SIGINT, LAUNCHER_GONE):
+        signal.signal(signum, shutdown)
     logger.info("serving %s on %s:%d (model %s; metrics %s)", SERVICE_NAME, config.host, port, pipeline.model_version,
                 f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
     if on_ready is not None:
