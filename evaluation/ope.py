@@ -275,8 +275,8 @@ def plackett_luce_value(scores: np.ndarray, temperature: float, click_prob: np.n
 
     Example:
         >>> v = plackett_luce_value(np.zeros((1, 2)), 1.0, np.array([[[1.0, 0.0], [0.0, 1.0]]]))
-        >>> round(v, 3)  # half the time item 0 first (1 click), half item 1 first then item 0 (0 clicks)
-        0.5
+        >>> round(v, 3)  # half the time items 0, 1 (both clicked), half 1, 0 (neither): 1 click
+        1.0
     """
     import itertools
 

@@ -48,8 +48,8 @@ class CursorSigner:
         if len(signed) > MAX_CURSOR_BYTES:
             raise CursorError(f"cursor is {len(signed)} characters long, at most {MAX_CURSOR_BYTES}: pass back the "
                               "next_cursor of the previous page unchanged")
-        cursor, _, mac = signed.rpartition(".")
-        if not cursor or not hmac.compare_digest(mac, self._mac(cursor)):
+        cursor, _, mac = signed.rpartition(".")  # mac as bytes: compare_digest refuses non-ASCII str
+        if not cursor or not hmac.compare_digest(mac.encode("utf-8", "surrogatepass"), self._mac(cursor).encode()):
             raise CursorError("cursor is malformed or was altered: pass back the next_cursor of the previous "
                               "page unchanged")
         return cursor

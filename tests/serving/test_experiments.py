@@ -101,7 +101,7 @@ def test_arms_are_served_overridden_and_reloaded_live(experiment_server):
     assert any(i.score != pytest.approx(i.task_scores["engage"], rel=1e-5) for i in forced.items)
     with pytest.raises(grpc.RpcError) as err:
         get(experiment_overrides={"exp": "nope"})
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no arm 'nope'" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no arm of the experiment: 'nope'" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:  # a cursor from another arm's feed
         get(cursor=response.next_cursor, experiment_overrides={"exp": "control"})
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

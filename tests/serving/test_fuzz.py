@@ -113,6 +113,8 @@ def _raw(channel, method: str, body: bytes, auth: bool):
          body=b"\xc50i", auth=True, method="LogEvents", page_size=5)
 @example(request=_feed_request("1", 5, _b64("[" * 983), "", {}), stream=[], body=b"\xc50i", auth=True,
          method="GetFeed", page_size=5)
+@example(request=_feed_request("banana", 5, "e30.é", "", {}), stream=[], body=b"", auth=True, method="GetFeed",
+         page_size=5)  # a signature that is not ASCII (hmac.compare_digest refuses such a str)
 @example(request=_feed_request("😀" * 200_000, 5, "", "", {}), stream=[feed_pb2.Event(
     user_id="1", item_id="1\x00", event="click", content_type="banana")], body=b"", auth=True,
     method="StreamPost", page_size=5)
