@@ -89,7 +89,7 @@ class RemotePostWriter:
         return [post_from_proto(p) for p in response.posts]
 
     def stream(self, request: PostRequest, max_new_tokens: int = 0) -> Iterator[str | GeneratedPost]:
-        """The raw model output piece by piece, then the checked post; LookupError when no post can
+        """The post sentence by sentence as each passes the checks, then the post; LookupError when no post can
         be written from the sources. Closing the iterator cancels the call (decoding stops)."""
         try:
             call = self.stub.StreamPost(pb.StreamPostRequest(request=request_to_proto(request),

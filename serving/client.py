@@ -54,8 +54,9 @@ def print_post(text: str, provenance: feed_pb2.Provenance) -> None:
 
 
 def stream_post(channel: grpc.Channel, user_id: str, max_new_tokens: int = 0) -> feed_pb2.PostChunk:
-    """Ask for a post written now and print it as it streams; return the final (checked) message."""
-    print(f"\nStreamPost for user {user_id} (raw model output as it is decoded):\n  ", end="", flush=True)
+    """Ask for a post written now and print its sentences as they pass the checks; return the final
+    message (the served post, with its provenance)."""
+    print(f"\nStreamPost for user {user_id} (checked sentence by sentence as it is decoded):\n  ", end="", flush=True)
     final = feed_pb2.PostChunk()
     request = feed_pb2.StreamPostRequest(user_id=user_id, max_new_tokens=max_new_tokens)
     for chunk in feed_pb2_grpc.FeedServiceStub(channel).StreamPost(request, timeout=120.0):

@@ -131,7 +131,7 @@ class GeneratedPosts:
         return self._ask_store("get", lambda: self.store.get(post_id), None)
 
     def stream(self, user_id: str, surface: str, max_new_tokens: int) -> Iterator[str | GeneratedPost]:
-        """The raw model output piece by piece, then the checked post (also stored for the feed).
+        """The post sentence by sentence as each passes the checks, then the post (also stored for the feed).
         LookupError when the user has too few ranked items to write from."""
         planned = self.plan(user_id)
         if planned is None:

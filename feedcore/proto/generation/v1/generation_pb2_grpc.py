@@ -58,7 +58,7 @@ class GenerationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamPost(self, request, context):
-        """One post written now: the raw model output piece by piece, then the checked post.
+        """One post written now: sentence by sentence as each passes the checks, then the post.
         FAILED_PRECONDITION when no post can be written from the sources (even the template is refused).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
