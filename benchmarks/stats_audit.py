@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import time
 import warnings
@@ -30,18 +29,20 @@ from scipy import stats as sps
 from tqdm import tqdm
 
 from evaluation.ab import BREACHED, SHOWN_SAFE, ABConfig, analyze
-from evaluation.compare import CompareConfig, HeldOut, HeldOutScores, compare_scores
+from evaluation.compare import CompareConfig, compare_scores
 from evaluation.ope import (
     OPEWarning,
     doubly_robust,
     ips,
-    plackett_luce_conditionals,
-    plackett_luce_value,
-    policy_inputs,
     snips,
 )
 from evaluation.stats import benjamini_hochberg, cuped, ratio_test, srm_test, welch_test
-from evaluation.synthetic import PlantedAB, planted_ab_log, planted_ranking_logs
+from evaluation.synthetic import (
+    PlantedAB,
+    equal_held_out_models,
+    planted_policy_case,
+    planted_run,
+)
 
 OUT = Path(__file__).parent / "results" / "stats_audit.json"
 ARMS = (("control", 0.5), ("treatment", 0.5))
@@ -55,23 +56,6 @@ class Row:
     before: str
     after: str
     setup: str
-
-
-def _assign(seed: int, arms: tuple[tuple[str, float], ...]):
-    def assign(user: str) -> str:
-        point = int.from_bytes(hashlib.sha256(f"{seed}:{user}".encode()).digest()[:8], "big") / 2**64
-        total = 0.0
-        for name, share in arms:
-            total += share
-            if point < total:
-                return name
-        return arms[-1][0]
-    return assign
-
-
-def _log(seed: int, users: int, arms=ARMS, **plan) -> tuple[PlantedAB, pl.DataFrame]:
-    plan = PlantedAB(arms=arms, users=users, seed=seed, **plan)
-    return plan, planted_ab_log(plan, _assign(seed, arms))
 
 
 def _pct(x: float) -> str:
@@ -118,7 +102,7 @@ def coverage_checks(scale: float) -> list[Row]:
         cover: dict[str, list[bool]] = {}
         naive, fieller, lifts, reduction = [], [], [], []
         for seed in tqdm(range(runs), desc=f"coverage {label}", leave=False):
-            plan, log = _log(seed, users, arms, click_lift={"treatment": 0.10})
+            plan, log = planted_run(seed, users, arms, click_lift={"treatment": 0.10})
             analysis = analyze(log, ABConfig(plan.experiment, arms, start_ms=plan.start_ms))
             for r in analysis.results:
                 if r.metric not in truth:
@@ -154,7 +138,7 @@ def family_wise_checks(scale: float) -> list[Row]:
     claims = {"primary": 0, "guardrail": 0, "exploratory": 0, "breached": 0, "report": 0, "any flag": 0,
               "ungated exploratory": 0, "ungated report": 0}
     for seed in tqdm(range(10_000, 10_000 + runs), desc="A/A family-wise", leave=False):
-        plan, log = _log(seed, 1000, hide_prob={"control": 0.01, "treatment": 0.01})
+        plan, log = planted_run(seed, 1000, hide_prob={"control": 0.01, "treatment": 0.01})
         analysis = analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
         raw += any(r.result.p_value < 0.05 for r in analysis.results)
         f = {role: any(r.significant() for r in analysis.results if r.role == role)
@@ -200,7 +184,7 @@ def cuped_checks(scale: float) -> list[Row]:
     runs = _runs(200, scale)
     before, after, refused = [], [], 0
     for seed in tqdm(range(20_000, 20_000 + runs), desc="CUPED pre-period", leave=False):
-        plan, log = _log(seed, 2000, click_lift={"treatment": 0.10})
+        plan, log = planted_run(seed, 2000, click_lift={"treatment": 0.10})
         late = plan.start_ms + 12 * HOUR_MS
         before.append(_old_cuped_clicks(log, plan, late))
         try:
@@ -244,7 +228,7 @@ def small_sample_checks(scale: float) -> list[Row]:
                         f"{runs} A/A draws, heavy-tailed users"))
         rows.append(Row(f"Welch false positives (clicks per user), {sizes[0]} vs {sizes[1]} users", "5%", "",
                         _pct(welch / runs) + " (unchanged; the report warns below 100 users)", f"{runs} A/A draws"))
-    plan, log = _log(1, 120)
+    plan, log = planted_run(1, 120)
     warned = any("too small" in w for w in analyze(log, ABConfig(plan.experiment, ARMS,
                                                                  start_ms=plan.start_ms)).warnings)
     rows.append(Row("an arm of ~60 users warns", "a warning", "no warning", "warning" if warned else "none",
@@ -257,7 +241,7 @@ def guardrail_checks(scale: float) -> list[Row]:
     old_ok = safe = breached = aa_safe = 0
     for seed in tqdm(range(30_000, 30_000 + runs), desc="guardrails", leave=False):
         # hides +30% (tolerance 5%), 1000 users: too small to show it, so the honest answer is "inconclusive"
-        plan, log = _log(seed, 1000, hide_prob={"control": 0.01, "treatment": 0.013})
+        plan, log = planted_run(seed, 1000, hide_prob={"control": 0.01, "treatment": 0.013})
         analysis = analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
         g = next(g for g in analysis.guardrails if g.guardrail.metric == "hides_per_user")
         r = next(r for r in analysis.results if r.metric == "hides_per_user").result
@@ -265,7 +249,7 @@ def guardrail_checks(scale: float) -> list[Row]:
         safe += g.verdict == SHOWN_SAFE
         breached += g.verdict == BREACHED
     for seed in tqdm(range(31_000, 31_000 + runs // 3), desc="guardrails A/A", leave=False):
-        plan, log = _log(seed, 8000)
+        plan, log = planted_run(seed, 8000)
         aa = analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
         aa_safe += next(g for g in aa.guardrails if g.guardrail.metric == "impressions_per_user").verdict == SHOWN_SAFE
     return [Row("guardrail with a real +30% harm called ok / shown safe", "<= 2.5%", f"{_pct(old_ok / runs)} \"ok\"",
@@ -273,15 +257,6 @@ def guardrail_checks(scale: float) -> list[Row]:
                 f"{runs} runs, 1000 users, hides 1% -> 1.3%"),
             Row("A/A guardrail (impressions, 5% tolerance) shown safe", "high", "",
                 _pct(aa_safe / max(runs // 3, 1)), f"{runs // 3} runs, 8000 users")]
-
-
-def _ope_case(seed: int, requests: int, temperature: float):
-    logs = planted_ranking_logs(requests=requests, candidates=6, positions=3, temperature=1.0, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    scores = np.log(logs.click_prob[:, :, 0] + 1e-3) + rng.normal(0, 0.2, logs.scores.shape)
-    target, q, v = policy_inputs(plackett_luce_conditionals(scores, logs.order, temperature), logs.order,
-                                 logs.click_prob)
-    return logs, target, q, v, plackett_luce_value(scores, temperature, logs.click_prob)
 
 
 def ope_checks(scale: float) -> list[Row]:
@@ -294,7 +269,7 @@ def ope_checks(scale: float) -> list[Row]:
         ess, warned = [], 0
         clip_normal, clip_bound = [], []
         for seed in tqdm(range(runs), desc=f"OPE {label}", leave=False):
-            logs, target, q, v, truth = _ope_case(40_000 + seed, requests, temperature)
+            logs, target, q, v, truth = planted_policy_case(40_000 + seed, requests, temperature)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", OPEWarning)
                 estimates = [ips(logs.reward, target, logs.propensity, seed=seed),
@@ -338,27 +313,11 @@ def ope_checks(scale: float) -> list[Row]:
     return rows
 
 
-def _equal_models(seed: int, users: int = 300) -> tuple[HeldOut, HeldOutScores, HeldOutScores]:
-    rng = np.random.default_rng(seed)
-    labels = np.tile([1.0, 0.0, 0.0], users)
-    groups = np.where(rng.random(users) < 0.5, "movie", "post")
-    held = HeldOut(row_user=np.arange(users), row_group=groups, example_user=np.repeat(np.arange(users), 3),
-                   example_group=np.repeat(groups, 3), labels={"engage": labels}, users=users)
-    findable = rng.normal(0, 1, users)
-
-    def model(name: str) -> HeldOutScores:
-        ranks = np.floor(np.exp(3 + findable + rng.normal(0, 0.7, users))).astype(np.int64)
-        logits = rng.normal(0, 1, 3 * users) + 0.3 * np.repeat(findable, 3) + labels
-        return HeldOutScores(name, ranks, {"engage": 1 / (1 + np.exp(-logits))})
-
-    return held, model("A"), model("B")
-
-
 def compare_checks(scale: float) -> list[Row]:
     runs = _runs(300, scale)
     raw = corrected = primary = exploratory = ungated = 0
     for seed in tqdm(range(runs), desc="eval compare A/A", leave=False):
-        result = compare_scores(*_equal_models(seed), CompareConfig(resamples=300, seed=seed))
+        result = compare_scores(*equal_held_out_models(seed), CompareConfig(resamples=300, seed=seed))
         raw += any(not d.ci_low <= 0 <= d.ci_high for d in result.deltas)
         corrected += any(d.significant() for d in result.deltas)
         primary += any(d.significant() for d in result.deltas if d.role == "primary")

@@ -9,8 +9,15 @@ checked against it.
   `serving.experiments.Experiment.assign`), with a planted relative lift on the click probability per arm, an optional
   loss of a share of one arm's users (a planted sample-ratio mismatch, as a logging bug in one arm
   would cause) and a pre-period in which every user is treated alike (for CUPED).
+- `planted_run`: `planted_ab_log` with the users split by the service's own assignment, salted
+  by the seed (a fresh split per simulated run).
 - `planted_ranking_logs`: ranked pages from a known Plackett–Luce logging policy with per-position
-  click probabilities known exactly, for off-policy estimators (`evaluation.ope`).
+  click probabilities known exactly, for off-policy estimators (`evaluation.ope`);
+  `planted_policy_case` adds a target policy and its exact value.
+- `equal_held_out_models`: two models equally good in expectation on one held-out set, for the
+  false positives of `evaluation.compare`.
+
+The statistics audit (`benchmarks/stats_audit.py`) and its tests simulate with these.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
+from evaluation.compare import HeldOut, HeldOutScores
+from evaluation.ope import plackett_luce_conditionals, plackett_luce_value, policy_inputs
 from ranker.exploration import plackett_luce_sample
+from serving.experiments import Arm, Experiment
 
 LOG_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.String(), "item_id": pl.String(), "content_type": pl.String(), "ts": pl.Int64(),
@@ -156,3 +166,43 @@ def planted_ranking_logs(requests: int = 3000, candidates: int = 8, positions: i
     chosen = click_prob[np.arange(requests)[:, None], order, np.arange(positions)[None, :]]  # (R, K)
     reward = (rng.random((requests, positions)) < chosen).astype(np.float64)
     return RankingLogs(scores, order, propensity, reward, click_prob, temperature)
+
+
+def planted_run(seed: int, users: int = 1000, arms: tuple[tuple[str, float], ...] = PlantedAB.arms,
+                **plan) -> tuple[PlantedAB, pl.DataFrame]:
+    """One simulated A/B run: its plan (`PlantedAB` fields in `plan`) and its log, the users split
+    by `serving.experiments.Experiment.assign` salted with `seed`."""
+    experiment = Experiment("planted", str(seed), tuple(Arm(name, share) for name, share in arms))
+    planted = PlantedAB(arms=arms, users=users, seed=seed, **plan)
+    return planted, planted_ab_log(planted, lambda user: experiment.assign(user).name)
+
+
+def planted_policy_case(seed: int, requests: int, temperature: float):
+    """Ranking logs (6 candidates, 3 positions, logging temperature 1) and a Plackett–Luce target
+    policy at `temperature` over scores close to the true attractiveness: (logs, the target's
+    per-position probabilities, its logging-policy ones and rewards as `policy_inputs` returns
+    them, the target's exact value)."""
+    logs = planted_ranking_logs(requests=requests, candidates=6, positions=3, temperature=1.0, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    scores = np.log(logs.click_prob[:, :, 0] + 1e-3) + rng.normal(0, 0.2, logs.scores.shape)
+    target, q, v = policy_inputs(plackett_luce_conditionals(scores, logs.order, temperature), logs.order,
+                                 logs.click_prob)
+    return logs, target, q, v, plackett_luce_value(scores, temperature, logs.click_prob)
+
+
+def equal_held_out_models(seed: int, users: int = 300) -> tuple[HeldOut, HeldOutScores, HeldOutScores]:
+    """A held-out set (one positive and two negatives per user, users split into two groups) and
+    two models equally good in expectation on it, each with noise of its own."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile([1.0, 0.0, 0.0], users)
+    groups = np.where(rng.random(users) < 0.5, "movie", "post")
+    held = HeldOut(row_user=np.arange(users), row_group=groups, example_user=np.repeat(np.arange(users), 3),
+                   example_group=np.repeat(groups, 3), labels={"engage": labels}, users=users)
+    findable = rng.normal(0, 1, users)  # how easy each user's held-out item is, for both models
+
+    def model(name: str) -> HeldOutScores:
+        ranks = np.floor(np.exp(3 + findable + rng.normal(0, 0.7, users))).astype(np.int64)
+        logits = rng.normal(0, 1, 3 * users) + 0.3 * np.repeat(findable, 3) + labels
+        return HeldOutScores(name, ranks, {"engage": 1 / (1 + np.exp(-logits))})
+
+    return held, model("A"), model("B")

@@ -4,46 +4,24 @@ planted-lift coverage, family-wise false positives after correction, CUPED's pre
 arms, guardrail verdicts and off-policy intervals. Small and seeded (benchmarks/stats_audit.py
 runs the same checks at the sizes of the audit's table)."""
 
-import hashlib
 
 import numpy as np
 import polars as pl
 import pytest
 
 from evaluation.ab import BREACHED, INCONCLUSIVE, SHOWN_SAFE, ABConfig, ab_markdown, analyze
-from evaluation.compare import CompareConfig, HeldOut, HeldOutScores, compare_scores
+from evaluation.compare import CompareConfig, compare_scores
 from evaluation.ope import (
     OPEWarning,
     cumulative_weights,
     doubly_robust,
     ips,
-    plackett_luce_conditionals,
-    plackett_luce_value,
-    policy_inputs,
     snips,
 )
 from evaluation.stats import benjamini_hochberg, holm, ratio_test, srm_test
-from evaluation.synthetic import PlantedAB, planted_ab_log, planted_ranking_logs
+from evaluation.synthetic import equal_held_out_models, planted_policy_case, planted_run
 
 ARMS = (("control", 0.5), ("treatment", 0.5))
-
-
-def _assign(seed: int, arms=ARMS):
-    """A salted-hash split like the service's, reshuffled per run."""
-    def assign(user: str) -> str:
-        point = int.from_bytes(hashlib.sha256(f"{seed}:{user}".encode()).digest()[:8], "big") / 2**64
-        total = 0.0
-        for name, share in arms:
-            total += share
-            if point < total:
-                return name
-        return arms[-1][0]
-    return assign
-
-
-def _run(seed: int, users: int = 1000, arms=ARMS, **plan) -> tuple[PlantedAB, pl.DataFrame]:
-    plan = PlantedAB(arms=arms, users=users, seed=seed, **plan)
-    return plan, planted_ab_log(plan, _assign(seed, arms))
 
 
 def test_srm_with_a_share_zero_arm_does_not_crash():
@@ -51,7 +29,7 @@ def test_srm_with_a_share_zero_arm_does_not_crash():
     assert not result.flagged and result.untested == (("x", 50),) and result.expected == (1000.0, 1000.0, 0.0)
     assert srm_test(("a", "b", "x"), (1100, 900, 50), (0.5, 0.5, 0.0)).flagged  # the live arms are still tested
     # analyze() on a log where per-request overrides put 10% of users in a share-0 exploring arm
-    plan, log = _run(1, users=3000, arms=(("control", 0.45), ("treatment", 0.45), ("explore", 0.1)))
+    plan, log = planted_run(1, users=3000, arms=(("control", 0.45), ("treatment", 0.45), ("explore", 0.1)))
     analysis = analyze(log, ABConfig(plan.experiment, (("control", 0.5), ("treatment", 0.5), ("explore", 0.0)),
                                      start_ms=plan.start_ms))
     assert not analysis.srm.flagged and analysis.srm.untested[0][0] == "explore"
@@ -71,7 +49,7 @@ def planted_runs():
     """250 seeded runs of analyze() on 1000 users: a +10% click lift planted, so every
     click-driven metric's true relative change is +10% and impressions' is 0."""
     return [analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
-            for plan, log in (_run(seed, click_lift={"treatment": 0.10}) for seed in range(250))]
+            for plan, log in (planted_run(seed, click_lift={"treatment": 0.10}) for seed in range(250))]
 
 
 def test_coverage_of_the_relative_change_and_the_planted_lift_within_its_ci(planted_runs):
@@ -88,7 +66,7 @@ def test_coverage_of_the_relative_change_and_the_planted_lift_within_its_ci(plan
     assert {"clicks_per_user (CUPED)", "ctr (ratio)", "impressions_per_user (CUPED)"} <= set(rates)
     assert all(0.92 <= v <= 0.98 for v in rates.values()), rates
     # One run at the sizes of a real test finds the planted lift, within its interval.
-    plan, log = _run(7, users=10_000, click_lift={"treatment": 0.10})
+    plan, log = planted_run(7, users=10_000, click_lift={"treatment": 0.10})
     primary = next(r for r in analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms)).results
                    if r.role == "primary")
     assert primary.metric == "engagements_per_user" and primary.significant()
@@ -104,7 +82,7 @@ def test_family_wise_false_positives_after_correction():
     raw, runs = 0, 250
     claims = {"primary": 0, "guardrail": 0, "exploratory": 0, "breached": 0, "report": 0}
     for seed in range(1000, 1000 + runs):
-        plan, log = _run(seed, hide_prob={"control": 0.01, "treatment": 0.01})
+        plan, log = planted_run(seed, hide_prob={"control": 0.01, "treatment": 0.01})
         analysis = analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
         assert len(analysis.results) == 8
         raw += any(r.result.p_value < 0.05 for r in analysis.results)
@@ -121,7 +99,7 @@ def test_family_wise_false_positives_after_correction():
 
 
 def test_cuped_pre_period_ends_at_each_users_first_exposure_and_a_treated_one_is_refused():
-    plan, log = _run(3, users=4000, click_lift={"treatment": 0.10})
+    plan, log = planted_run(3, users=4000, click_lift={"treatment": 0.10})
     # The analyst's start is 12 h late: treated events precede it, and a pre-period there absorbs the lift.
     late = ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms + 12 * 3_600_000)
     with pytest.raises(ValueError, match="overlaps logged exposure to a treatment arm"):
@@ -146,38 +124,29 @@ def test_small_arms_hold_their_level_and_warn():
         clicks = rng.binomial(n, np.clip(0.08 * rng.lognormal(0, 0.7, (2, 20)), 0, 1))
         rejects += ratio_test(clicks[0], n[0], clicks[1], n[1]).p_value < 0.05
     assert 0.03 <= rejects / reps <= 0.06, rejects / reps
-    plan, log = _run(4, users=120)
+    plan, log = planted_run(4, users=120)
     analysis = analyze(log, ABConfig(plan.experiment, ARMS, start_ms=plan.start_ms))
     assert any("too small to read" in w for w in analysis.warnings)
     assert next(r for r in analysis.results if r.metric == "ctr").result.df < 200  # Student's t, not z
 
 
 def test_guardrail_verdicts_are_non_inferiority_tests():
-    plan, log = _run(5, users=8000, hide_prob={"control": 0.01, "treatment": 0.02})
+    plan, log = planted_run(5, users=8000, hide_prob={"control": 0.01, "treatment": 0.02})
     by = {g.guardrail.metric: g for g in analyze(log, ABConfig(plan.experiment, ARMS,
                                                                 start_ms=plan.start_ms)).guardrails}
     assert by["impressions_per_user"].verdict == SHOWN_SAFE  # within 5% at 8000 users
     assert by["hides_per_user"].verdict == BREACHED and by["hides_per_user"].relative_ci_low > 0.05
-    plan, log = _run(6, users=300, hide_prob={"control": 0.01, "treatment": 0.01})
+    plan, log = planted_run(6, users=300, hide_prob={"control": 0.01, "treatment": 0.01})
     small = {g.guardrail.metric: g for g in analyze(log, ABConfig(plan.experiment, ARMS,
                                                                    start_ms=plan.start_ms)).guardrails}
     assert small["hides_per_user"].verdict == INCONCLUSIVE  # too few users to show anything
 
 
 # -- off-policy estimates ---------------------------------------------------------------------------------
-def _ope_case(seed: int, requests: int, temperature: float):
-    logs = planted_ranking_logs(requests=requests, candidates=6, positions=3, temperature=1.0, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    scores = np.log(logs.click_prob[:, :, 0] + 1e-3) + rng.normal(0, 0.2, logs.scores.shape)
-    target, q, v = policy_inputs(plackett_luce_conditionals(scores, logs.order, temperature), logs.order,
-                                 logs.click_prob)
-    return logs, target, q, v, plackett_luce_value(scores, temperature, logs.click_prob)
-
-
 def test_ope_intervals_cover_on_a_mild_log_and_warn_on_a_heavy_one():
     covered: dict[str, list[bool]] = {"IPS": [], "SNIPS": [], "DR": []}
     for seed in range(150):
-        logs, target, q, v, truth = _ope_case(seed, 500, 0.7)
+        logs, target, q, v, truth = planted_policy_case(seed, 500, 0.7)
         for est in (ips(logs.reward, target, logs.propensity, resamples=400, seed=seed),
                     snips(logs.reward, target, logs.propensity, resamples=400, seed=seed),
                     doubly_robust(logs.reward, target, logs.propensity, q, v, resamples=400, seed=seed)):
@@ -185,14 +154,14 @@ def test_ope_intervals_cover_on_a_mild_log_and_warn_on_a_heavy_one():
             covered[est.estimator].append(est.ci_low <= truth <= est.ci_high)
     rates = {k: float(np.mean(c)) for k, c in covered.items()}
     assert all(0.90 <= r <= 0.98 for r in rates.values()), rates
-    logs, target, q, v, truth = _ope_case(0, 300, 0.05)  # a greedy target: heavy weights
+    logs, target, q, v, truth = planted_policy_case(0, 300, 0.05)  # a greedy target: heavy weights
     with pytest.warns(OPEWarning, match="effective pages"):
         heavy = ips(logs.reward, target, logs.propensity)
     assert heavy.effective_pages < 100 and heavy.warnings
 
 
 def test_clipped_estimates_carry_their_bias_in_the_interval():
-    logs, target, q, v, truth = _ope_case(1, 2000, 0.2)
+    logs, target, q, v, truth = planted_policy_case(1, 2000, 0.2)
     plain = ips(logs.reward, target, logs.propensity)
     clipped = ips(logs.reward, target, logs.propensity, clip=3.0)
     assert clipped.clipped_share > 0.05 and clipped.value < plain.value  # biased down
@@ -222,23 +191,6 @@ def test_a_tiny_propensity_warns():
 
 
 # -- offline comparison -----------------------------------------------------------------------------------
-def _equal_models(seed: int, users: int = 300) -> tuple[HeldOut, HeldOutScores, HeldOutScores]:
-    """Two models equally good in expectation, each with noise of its own."""
-    rng = np.random.default_rng(seed)
-    labels = np.tile([1.0, 0.0, 0.0], users)
-    groups = np.where(rng.random(users) < 0.5, "movie", "post")
-    held = HeldOut(row_user=np.arange(users), row_group=groups, example_user=np.repeat(np.arange(users), 3),
-                   example_group=np.repeat(groups, 3), labels={"engage": labels}, users=users)
-    findable = rng.normal(0, 1, users)  # how easy each user's held-out item is, for both models
-
-    def model(name: str) -> HeldOutScores:
-        ranks = np.floor(np.exp(3 + findable + rng.normal(0, 0.7, users))).astype(np.int64)
-        logits = rng.normal(0, 1, 3 * users) + 0.3 * np.repeat(findable, 3) + labels
-        return HeldOutScores(name, ranks, {"engage": 1 / (1 + np.exp(-logits))})
-
-    return held, model("A"), model("B")
-
-
 def test_feed_eval_compare_family_wise_false_positives_after_correction():
     """Equal models, 24 deltas: most runs had a 'significant' one; after correction (the primary at
     alpha, the others Benjamini-Hochberg only when the primary is significant) the whole report errs
@@ -246,7 +198,7 @@ def test_feed_eval_compare_family_wise_false_positives_after_correction():
     raw, runs = 0, 100
     claims = {"primary": 0, "exploratory": 0, "report": 0}
     for seed in range(runs):
-        result = compare_scores(*_equal_models(seed), CompareConfig(resamples=200, seed=seed))
+        result = compare_scores(*equal_held_out_models(seed), CompareConfig(resamples=200, seed=seed))
         assert len(result.deltas) == 24 and [d.metric for d in result.deltas if d.role == "primary"] == ["ndcg@10"]
         raw += any(not d.ci_low <= 0 <= d.ci_high for d in result.deltas)
         flagged = {role: any(d.significant() for d in result.deltas if d.role == role)
