@@ -50,10 +50,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_load import closed_loop, open_channels, start_server
 
 from feedcore.config import load_config
+from feedcore.events import read_event_log, read_segment
 from feedcore.io import atomic_path, atomic_write_bytes
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from feedcore.schemas import CanonicalDataset
-from serving.event_log import read_event_log, read_segment
 from serving.pipeline import encode_cursor
 from serving.server import SERVICE_NAME
 

@@ -207,7 +207,7 @@ def cmd_ab_analyze(config: EngineConfig, args: argparse.Namespace) -> None:
     """The A/B report of an experiment from the service's event log."""
     from evaluation.ab import PRIMARY, ABConfig, ab_figures, ab_markdown, analyze
     from evaluation.report import write_report
-    from serving.event_log import read_event_log
+    from feedcore.events import read_event_log
     from serving.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)
@@ -255,7 +255,7 @@ def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
         simulation_report,
         train_engine,
     )
-    from serving.event_log import read_event_log, read_rankings
+    from feedcore.events import read_event_log, read_rankings
     from serving.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)

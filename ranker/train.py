@@ -395,7 +395,7 @@ def train_ranker_job(
     inputs = load_training_inputs(config)
     log = None
     if from_logs is not None:
-        from serving.event_log import read_event_log  # the serving side's format, read back
+        from feedcore.events import read_event_log
 
         directories = [from_logs] if isinstance(from_logs, str | Path) else list(from_logs)
         for directory in directories:

@@ -20,6 +20,7 @@ import torch
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import BlendConfig, EngineConfig, ServingConfig, resolve_device
 from feedcore.errors import ArtifactError
+from feedcore.events import now_ms
 from feedcore.features import (
     FeatureSpec,
     ItemFeatures,
@@ -40,7 +41,6 @@ from retrieval.candidates import CandidateGenerator, Candidates, UserState, make
 from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
-from serving.event_log import now_ms
 
 logger = logging.getLogger(__name__)
 POST_CONTENT_TYPE = "generated"  # the content type of generated posts

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import HealthServicer
 
 from feedcore.config import ServingConfig
+from feedcore.events import now_ms
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from feedcore.schemas import ACCOUNT
 from generation.interface import GeneratedPost
@@ -25,7 +26,7 @@ from generation.remote import ModelUnavailable
 from ranker.model import CANDIDATE_SOURCES
 from retrieval.candidates import EXPLANATIONS
 from serving.cursors import CursorSigner
-from serving.event_log import EventLog, now_ms
+from serving.event_log import EventLog
 from serving.experiments import Experiment, ExperimentStore
 from serving.generated_posts import GeneratedPosts
 from serving.interceptors import note, request_id

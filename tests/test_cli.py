@@ -118,7 +118,7 @@ def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path, llm_cache_dir):
     # The app's side of the loop: each user's first page logged (10 impressions and a click), and
     # the graceful stop flushed the log into Parquet, ready for `feed train ranker --from-logs`.
     assert result.stdout.count("11 events") == 2
-    from serving.event_log import read_event_log
+    from feedcore.events import read_event_log
 
     logged = read_event_log(tmp_path / "a" / "event_log")
     assert logged.height == 22 and logged["request_id"].null_count() == 0

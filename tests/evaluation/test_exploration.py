@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from feedcore.errors import DataError
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from ranker.exploration import ExplorationConfig, epsilon_greedy_sample, explore
-from serving.event_log import EventLog, read_event_log
+from serving.event_log import EventLog
 from serving.experiments import load_experiment
 from serving.server import create_server
 

@@ -11,8 +11,9 @@ import grpc
 import polars as pl
 import pytest
 
+from feedcore.events import read_event_log, read_segment
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.event_log import EventLog, read_event_log, read_segment
+from serving.event_log import EventLog
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from feedcore.config import BlendConfig
+from feedcore.events import now_ms
 from feedcore.text import embed_texts, load_text_encoder
 from generation.interface import GeneratedPost
-from serving.event_log import now_ms
 from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, PostCandidate
 
 

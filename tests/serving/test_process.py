@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from feedcore.errors import DataError
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import wait_ready
-from serving.event_log import read_event_log
 
 REPO = Path(__file__).resolve().parents[2]
 

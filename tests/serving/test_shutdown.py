@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import wait_ready
-from serving.event_log import read_event_log
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "k"
