@@ -12,8 +12,8 @@ from evaluation.compare import (
     compare_markdown,
     compare_scores,
 )
-from evaluation.metrics import auc, weighted_auc
 from evaluation.report import write_report
+from feedcore.metrics import auc, weighted_auc
 
 
 def _held(users=400, seed=0):
