@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from ranker.exploration import plackett_luce_sample
+from serving.mixing.exploration import plackett_luce_sample
 
 LOG_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.String(), "item_id": pl.String(), "content_type": pl.String(), "ts": pl.Int64(),

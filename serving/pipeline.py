@@ -33,14 +33,14 @@ from feedcore.features import (
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from generation.interface import GeneratedPost, SourceItem
 from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs, ranker_item_embeddings
-from ranker.blender import blend
-from ranker.exploration import ExplorationConfig, explore, session_seed
 from ranker.model import MultiTaskRanker, quantize_for_serving
-from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, Candidates, UserState, make_candidate_generator
 from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
+from serving.mixing.blender import blend
+from serving.mixing.exploration import ExplorationConfig, explore, session_seed
+from serving.mixing.value_model import value_scores
 
 logger = logging.getLogger(__name__)
 POST_CONTENT_TYPE = "generated"  # the content type of generated posts
@@ -285,7 +285,7 @@ class FeedPipeline:
             order = np.array([i for i, item_id in enumerate(item_ids) if item_id not in seen], np.int64)
 
         # 5. the page. An exploring arm samples its order from the blended one, seeded by the session,
-        # so every page of a session comes from one draw (`ranker.exploration`).
+        # so every page of a session comes from one draw (`serving.mixing.exploration`).
         propensity = np.zeros(len(order))
         if request.exploration is not None and not degraded:
             rng = np.random.default_rng(session_seed(request.user_id, started_ms, request.arm))

@@ -1,6 +1,6 @@
 """What off-policy evaluation needs from an exploring arm: the whole ranking each session sampled.
 
-An exploring arm (`ranker.exploration`) samples one order of every eligible candidate per session
+An exploring arm (`serving.mixing.exploration`) samples one order of every eligible candidate per session
 and serves it page by page. A served item's propensity is the logging policy's half of an
 importance weight; the target policy's half, π(item at k | the items above), needs the scores of
 every candidate that could have been placed there. So, at the first page of each such session,

@@ -9,7 +9,6 @@ from feedcore.features import ItemFeatures
 from ranker.batching import ranker_inputs
 from ranker.data import pair_labels
 from ranker.model import DENSE_FEATURES, SPARSE_FEATURES, MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
-from ranker.value_model import value_scores
 
 TASKS = (TaskConfig("click", "binary"), TaskConfig("rating", "regression", 0.5, "rating"))
 
@@ -75,14 +74,6 @@ def test_pair_labels_follow_task_declarations():
     labels = {r["user_id"]: r for r in pair_labels(events, tasks).iter_rows(named=True)}
     assert (labels["u"]["engage"], labels["u"]["like"], labels["u"]["rating"]) == (1.0, 1.0, 4.5)
     assert (labels["v"]["engage"], labels["v"]["like"], labels["v"]["rating"]) == (1.0, 0.0, None)
-
-
-def test_value_model_weights_tasks_and_refuses_unknown_ones():
-    preds = {"click": np.array([0.2, 0.9]), "hide": np.array([0.5, 0.1])}
-    scores = value_scores(preds, {"click": 1.0, "hide": -2.0})
-    assert scores.tolist() == pytest.approx([-0.8, 0.7])
-    with pytest.raises(KeyError, match="follow"):
-        value_scores(preds, {"follow": 1.0})
 
 
 def test_training_with_fused_embeddings_learns(trained_engine):

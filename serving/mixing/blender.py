@@ -1,7 +1,7 @@
 """The blender: value-scored candidates → the order of the feed.
 
-The value model (`ranker.value_model`) gives every candidate one score; the blender turns scores into
-a feed a person wants to scroll. Greedily, position by position, it picks:
+The value model (`serving.mixing.value_model`) gives every candidate one score; the blender turns
+scores into a feed a person wants to scroll. Greedily, position by position, it picks:
 
 1. the content type that is furthest below its target share so far (`type_shares`; types without a
    share split what the listed shares leave, a type that runs out leaves its room to the others,
