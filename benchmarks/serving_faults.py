@@ -54,7 +54,7 @@ from feedcore.events import read_event_log, read_segment
 from feedcore.io import atomic_path, atomic_write_bytes
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from feedcore.schemas import CanonicalDataset
-from serving.pipeline import encode_cursor
+from serving.cursors import encode_cursor
 from serving.server import SERVICE_NAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,13 +25,13 @@ from generation.interface import GeneratedPost
 from generation.remote import ModelUnavailable
 from ranker.model import CANDIDATE_SOURCES
 from retrieval.candidates import EXPLANATIONS
-from serving.cursors import CursorSigner
+from serving.cursors import CursorError, CursorSigner
 from serving.event_log import EventLog
 from serving.experiments import Experiment, ExperimentStore
 from serving.generated_posts import GeneratedPosts
 from serving.interceptors import note, request_id
 from serving.metrics import ServiceMetrics
-from serving.pipeline import POST_CONTENT_TYPE, CursorError, FeedPipeline, FeedRequest, RecentlySeen
+from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, RecentlySeen
 from serving.session_rankings import log_session_ranking
 from serving.validation import MAX_CURSOR_BYTES, MAX_OVERRIDES, Violations, abort_invalid, clip
 

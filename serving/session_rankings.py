@@ -23,8 +23,10 @@ import dataclasses
 import logging
 
 from feedcore.events import now_ms
+from serving.cursors import CursorError
 from serving.event_log import EventLog
-from serving.pipeline import CursorError, FeedPage, FeedPipeline, FeedRequest
+from serving.page import FeedPage
+from serving.pipeline import FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from grpc_status import rpc_status
 
 from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
+from serving.cursors import encode_cursor
 from serving.event_log import EventLog
-from serving.pipeline import FeedPipeline, encode_cursor
+from serving.pipeline import FeedPipeline
 from serving.server import create_server
 
 KEY = "k"
