@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _feed(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "feedcore.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "feedcli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -54,7 +54,7 @@ def test_prepare_writes_tables_and_split(tmp_path):
 def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n")
-    server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", str(config), "--port", "0"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

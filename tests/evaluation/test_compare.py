@@ -64,7 +64,7 @@ def test_two_real_engines_on_the_same_held_out_data(sim_engine, tmp_path):
 def test_feed_eval_compare_command(sim_engine, tmp_path, capsys):
     import json
 
-    from feedcore.cli import main
+    from feedcli.cli import main
 
     config = sim_engine[0]
     toml = tmp_path / "a.toml"

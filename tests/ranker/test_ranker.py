@@ -141,7 +141,7 @@ batch_size = 2048
 """)
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--standalone", "-m", "feedcore.cli", "train", "ranker", "--config", str(config)],
+                             "--standalone", "-m", "feedcli", "train", "ranker", "--config", str(config)],
                             cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = load_checkpoint(artifacts / "ranker" / "model.pt", "ranker")
