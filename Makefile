@@ -19,10 +19,12 @@ demo: $(STAMP)
 	$(BIN)/feed demo --config configs/demo.toml
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Every GPU path whose packages this machine has (a venv from requirements-gpu.txt); skips the rest by name.
 GPU_PYTHON ?= $(BIN)/python

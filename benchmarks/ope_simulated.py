@@ -38,8 +38,9 @@ from evaluation.simulator import (
     train_engine,
 )
 from feedcore.config import load_config
+from feedcore.events import read_event_log, read_rankings
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.event_log import EventLog, read_event_log, read_rankings
+from serving.event_log import EventLog
 from serving.experiments import load_experiment
 from serving.pipeline import FeedPipeline
 from serving.server import create_server

@@ -35,10 +35,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import auc, grouped_ndcg
 from feedcore.config import load_config
 from feedcore.features import history_events, latest_histories, pad_histories
 from feedcore.io import atomic_write_bytes
+from feedcore.metrics import auc, grouped_ndcg
 from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
 from ranker.data import RankerExamples

@@ -52,11 +52,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.config import RankerConfig, TaskConfig
 from feedcore.datasets import load_dataset
 from feedcore.distributed import process_group
 from feedcore.features import build_feature_spec, item_features, pad_histories
+from feedcore.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
 from ranker.batching import ranker_inputs
 from ranker.model import DENSE_FEATURES, MultiTaskRanker
 from ranker.train import model_args, shard_for_training, train_step, unsharded_state_dict

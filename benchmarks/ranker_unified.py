@@ -37,10 +37,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import auc, gauc, hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.config import RankerConfig, TaskConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
+from feedcore.metrics import auc, gauc, hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.splits import Split, target_line
 from ranker.data import RankerExamples
 from ranker.train import predict, train_ranker

@@ -58,11 +58,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from evaluation.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.config import RetrievalConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
 from feedcore.io import atomic_path
+from feedcore.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.splits import Split, target_line
 from feedcore.text import item_text_embeddings
 from retrieval.candidates import fresh_items

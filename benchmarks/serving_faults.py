@@ -50,11 +50,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_load import closed_loop, open_channels, start_server
 
 from feedcore.config import load_config
+from feedcore.events import read_event_log, read_segment
 from feedcore.io import atomic_path, atomic_write_bytes
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from feedcore.schemas import CanonicalDataset
-from serving.event_log import read_event_log, read_segment
-from serving.pipeline import encode_cursor
+from serving.cursors import encode_cursor
 from serving.server import SERVICE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def serve_refused(config: str, root: Path) -> dict:
     """Start `feed serve` on artifacts that should not load: its exit code and last error line
     (or, if it starts after all, that it did; it is then stopped)."""
     with tempfile.TemporaryFile("w+", dir=root) as err:
-        server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", config, "--port", "0"],
+        server = subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", config, "--port", "0"],
                                   cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
         started = server.stdout.readline().startswith("FEED_SERVER_READY")  # "" when it exits first
         code = stop(server) if started else server.wait(timeout=60)
@@ -285,7 +285,7 @@ def fault_index_swap_under_load(sandbox: Sandbox, users: list[str], rebuilds: in
             time.sleep(2)
             for _ in range(rebuilds):
                 start = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "feedcore.cli", "index", "build", "--config",
+                done = subprocess.run([sys.executable, "-m", "feedcli", "index", "build", "--config",
                                        sandbox.config], cwd=REPO, capture_output=True, text=True, timeout=load_s)
                 builds.append({"exit_code": done.returncode, "seconds": time.perf_counter() - start,
                                "at_s": start - started})

@@ -53,7 +53,7 @@ def start_server(config: str, log: list[str] | None = None,
     when one is given."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        command or [sys.executable, "-m", "feedcore.cli", "serve", "--config", config, "--port", "0"],
+        command or [sys.executable, "-m", "feedcli", "serve", "--config", config, "--port", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = server.stdout.readline()
     if not line.startswith("FEED_SERVER_READY"):

@@ -1,7 +1,7 @@
-"""Evaluation: offline metrics and model comparison, online A/B analysis, off-policy estimates, and
-the simulated-user harness.
+"""Evaluation: model comparison, online A/B analysis, off-policy estimates, and the simulated-user
+harness. The offline metrics themselves (full-ranking HR@K / NDCG@K, AUC, GAUC, calibration) are pure
+functions in `feedcore.metrics`, which training imports too.
 
-- `metrics`: full-ranking HR@K / NDCG@K, AUC, GAUC, weighted AUC, calibration (pure functions);
 - `stats`: Welch, delta method (jackknife and Student's t for small arms), Fieller intervals of
   relative changes, CUPED, sample-ratio mismatch, Holm and Benjamini–Hochberg, bootstrap helpers;
 - `compare`: `feed eval compare A B`: two engines on the same held-out data, paired bootstrap, a

@@ -1,6 +1,6 @@
 """Online A/B analysis from the service's event log (`feed ab analyze`).
 
-Input: the events the service logged (`serving.event_log.read_event_log`: one row per event with
+Input: the events the service logged (`feedcore.events.read_event_log`: one row per event with
 ``user_id``, ``event``, ``content_type``, ``value`` (seconds for watch / dwell), ``ts`` (ms) and
 ``experiment_arm`` = ``"<experiment>/<arm>"``) and the experiment as configured (arms and shares).
 

@@ -7,7 +7,7 @@ held-out events are unseen by both and their vocabularies agree.
 
 Metrics, overall and per content type of the held-out item:
 
-- retrieval, full ranking (`evaluation.metrics`): HR@K and NDCG@K of each held-out item among
+- retrieval, full ranking (`feedcore.metrics`): HR@K and NDCG@K of each held-out item among
   the whole catalogue, the user's history removed;
 - ranker, per binary task, on the held-out events plus sampled negatives (one sample, the same
   for A and B): AUC, GAUC (per-user AUC weighted by the user's examples), and calibration: ECE over
@@ -35,7 +35,9 @@ import dataclasses
 import numpy as np
 import polars as pl
 
-from evaluation.metrics import (
+from evaluation.report import fmt, table
+from evaluation.stats import benjamini_hochberg, bootstrap_p_value, bootstrap_weights, percentile_ci
+from feedcore.metrics import (
     calibration_bins,
     expected_calibration_error,
     group_aucs,
@@ -43,8 +45,6 @@ from evaluation.metrics import (
     rank_of_target,
     weighted_auc,
 )
-from evaluation.report import fmt, table
-from evaluation.stats import benjamini_hochberg, bootstrap_p_value, bootstrap_weights, percentile_ci
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Off-policy evaluation of ranking policies from logs with propensities.
 
-A page is a ranking of K positions; an exploring arm (`ranker.exploration`) logs, for each served
+A page is a ranking of K positions; an exploring arm (`serving.mixing.exploration`) logs, for each served
 item, its propensity p0(a_k | a_1..a_{k-1}): the logging policy's probability of that item at that
 position given the items above it. A candidate (target) policy π gives the same conditional
 probabilities for the logged items; their ratio at position k is w_k = π(a_k | prefix) / p0(a_k | prefix)

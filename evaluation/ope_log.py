@@ -1,7 +1,7 @@
 """Off-policy evaluation from the service's own log: each experiment arm's value estimated from the
 pages another arm served.
 
-Input: the session rankings an exploring arm logs (`serving.event_log.read_rankings`: every
+Input: the session rankings an exploring arm logs (`feedcore.events.read_rankings`: every
 eligible candidate of a session in its served order, with value scores, task predictions and
 propensities) and the events (`read_event_log`), joined by the first page's request id.
 

@@ -314,7 +314,7 @@ def true_policy_value(pages: LoggedPages, policy: TargetPolicy, contexts: dict[s
 @dataclasses.dataclass(frozen=True)
 class SimulatedOPE:
     """What off-policy evaluation of a simulated run needs beside its events: the session rankings
-    the server logged (`serving.event_log.read_rankings`), the simulator's first-page contexts
+    the server logged (`feedcore.events.read_rankings`), the simulator's first-page contexts
     (`run_simulation(contexts=...)`) and the arms' policies (`evaluation.ope_log.arm_policies`)."""
 
     rankings: pl.DataFrame

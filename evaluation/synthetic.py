@@ -30,8 +30,8 @@ import polars as pl
 
 from evaluation.compare import HeldOut, HeldOutScores
 from evaluation.ope import plackett_luce_conditionals, plackett_luce_value, policy_inputs
-from ranker.exploration import plackett_luce_sample
 from serving.experiments import Arm, Experiment
+from serving.mixing.exploration import plackett_luce_sample
 
 LOG_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.String(), "item_id": pl.String(), "content_type": pl.String(), "ts": pl.Int64(),

@@ -147,7 +147,7 @@ class CandidatesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BlendConfig:
-    """How the blender (`ranker.blender`) orders value-scored candidates into a feed."""
+    """How the blender (`serving.mixing.blender`) orders value-scored candidates into a feed."""
 
     # Content type -> target share of the feed. Empty: no type mix, order by value (and diversity).
     type_shares: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from generation.interface import Kind, SourceItem
-from generation.prompts import display_title
+from generation.titles import display_title
 
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:\s*[-–]\s*\d{0,4})?\)\s*$")
 

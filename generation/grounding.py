@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 import polars as pl
 
 from generation.interface import Kind, SourceItem
-from generation.prompts import display_title, items_noun
+from generation.titles import display_title, items_noun
 
 STOPWORDS = frozenset(
     "a an and are as at be but by do for from has have he her his i if in is it its me my no not of on "

@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from evaluation.compare import CompareConfig, held_out_data, ranker_held_out, score_engine
-from evaluation.metrics import calibration_bins, expected_calibration_error, ndcg_gains
 from feedcore.config import load_config
+from feedcore.metrics import calibration_bins, expected_calibration_error, ndcg_gains
 from feedcore.prepare import prepare_data
 from ranker.train import train_ranker_job
 from retrieval.train import train_retrieval_job

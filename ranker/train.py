@@ -25,12 +25,12 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 from tqdm import tqdm
 
-from evaluation.metrics import auc, expected_calibration_error, gauc, grouped_ndcg, log_loss
 from feedcore.artifacts import Checkpoint, load_checkpoint, save_model
 from feedcore.config import EngineConfig, RankerConfig, resolve_device
 from feedcore.distributed import process_group
 from feedcore.errors import ArtifactError, DataError
 from feedcore.features import FeatureSpec, ItemFeatures, history_events, latest_histories, pad_histories
+from feedcore.metrics import auc, expected_calibration_error, gauc, grouped_ndcg, log_loss
 from feedcore.prepare import TrainingInputs, load_training_inputs
 from feedcore.splits import Split
 from feedcore.text import TEXT_DIM, item_text_embeddings
@@ -395,7 +395,7 @@ def train_ranker_job(
     inputs = load_training_inputs(config)
     log = None
     if from_logs is not None:
-        from serving.event_log import read_event_log  # the serving side's format, read back
+        from feedcore.events import read_event_log
 
         directories = [from_logs] if isinstance(from_logs, str | Path) else list(from_logs)
         for directory in directories:

@@ -5,7 +5,7 @@
   (P, N) logits never exist for the whole batch. Reference: ``F.cross_entropy(q @ E.T / T, t)``.
 - `dropout`: inverted dropout with the mask drawn as ``rand < p``. Reference: ``F.dropout``.
 - `ranks_in_chunks`: each query's target rank among all items (some excluded), in chunks of
-  queries, float32, keeping the top K only. Reference: `evaluation.metrics.rank_of_target` on the
+  queries, float32, keeping the top K only. Reference: `feedcore.metrics.rank_of_target` on the
   dense (B, N) score matrix.
 
 Dimension letters: P rows (positions), N items, D dim, B queries, K top items.
@@ -123,7 +123,7 @@ def ranks_in_chunks(
     chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """0-based rank of each row's target among all N items, ties counted against the target, as
-    `evaluation.metrics.rank_of_target` gives on the dense matrix; with `top_k`, also each row's
+    `feedcore.metrics.rank_of_target` gives on the dense matrix; with `top_k`, also each row's
     (B, K) best columns. Scores are float32 and exist for `chunk` rows at a time, so memory is
     O(chunk × N + B × K), not O(B × N).
 

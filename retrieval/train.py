@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from evaluation.metrics import metrics_from_ranks
 from feedcore.artifacts import Checkpoint, save_model
 from feedcore.config import EngineConfig, RetrievalConfig, resolve_device
 from feedcore.features import (
@@ -41,6 +40,7 @@ from feedcore.features import (
     pad_histories,
     sequences,
 )
+from feedcore.metrics import metrics_from_ranks
 from feedcore.prepare import load_training_inputs
 from feedcore.splits import Split
 from feedcore.text import item_text_embeddings

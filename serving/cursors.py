@@ -1,4 +1,5 @@
-"""Signed cursors: the pipeline's page cursor plus an HMAC-SHA256 of it under the server's key.
+"""Page cursors: where the next page of a session starts (`encode_cursor` / `decode_cursor`), signed
+with an HMAC-SHA256 under the server's key (`CursorSigner`).
 
 A client passes `next_cursor` back unchanged; one it altered or made up fails the signature and
 gets INVALID_ARGUMENT before any of it is parsed, so no crafted cursor (a huge number, deep
@@ -12,15 +13,41 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import os
 from pathlib import Path
 
-from serving.pipeline import CursorError
 from serving.validation import MAX_CURSOR_BYTES
 
 logger = logging.getLogger(__name__)
 _MAC_BYTES = 16  # 128 bits: a forgery is one guess in 2^128
+
+
+class CursorError(ValueError):
+    """A cursor this service did not issue (or issued for another user or model)."""
+
+
+def encode_cursor(user_id: str, offset: int, version: str, started_ms: int = 0) -> str:
+    raw = json.dumps({"u": user_id, "o": offset, "v": version, "t": started_ms}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str, user_id: str, version: str) -> tuple[int, int]:
+    """The offset in the ranked feed a cursor points to, and when its session's first page was
+    served (ms; 0 for the first page, which starts a session)."""
+    if not cursor:
+        return 0, 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        offset, owner, issued_by, started = int(data["o"]), data["u"], data["v"], int(data.get("t", 0))
+    except (binascii.Error, ValueError, KeyError, TypeError) as e:
+        raise CursorError("cursor is malformed: pass back the next_cursor of the previous page") from e
+    if owner != user_id or offset < 0:
+        raise CursorError(f"cursor was issued for another user, not {user_id!r}")
+    if issued_by != version:
+        raise CursorError("cursor was issued by an earlier model version: start again without a cursor")
+    return offset, started
 
 
 class CursorSigner:

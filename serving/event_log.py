@@ -21,18 +21,15 @@ keys of the last `dedupe_ids` such events are remembered, and read back from the
 retry after a restart is caught too.
 
 Rankings: for off-policy evaluation a server also logs, per session of an exploring arm, the
-ranking it sampled (`EventLog.append_ranking`, `RANKING_SCHEMA`): every eligible candidate in the
+ranking it sampled (`EventLog.append_ranking`, `feedcore.events.RANKING_SCHEMA`): every eligible candidate in the
 served order with its value score, its task predictions and its propensity, and the arm's value
 weights and exploration settings: what a target policy's propensities are recomputed from
 (`evaluation.ope_log`). They share the segments (a line with ``"kind": "ranking"``), are written
 without an fsync of their own (no client waits on them; the next event's fsync covers them), and
-convert to ``rankings-<n>.parquet`` beside ``events-<n>.parquet``. `read_rankings(directory)` reads
-them; `read_event_log` skips them, and a log written before rankings existed reads as before.
+convert to ``rankings-<n>.parquet`` beside ``events-<n>.parquet``.
 
-`read_event_log(directory)` returns every event in the log (Parquet files and live segments) as
-one canonical events frame, which `feed train ranker --from-logs` reads; over the logs of `feed
-serve --processes N` it keeps the first of events that share a (user_id, event_id) (a retry that
-reached another process).
+The record format and the reader (`read_event_log`, `read_rankings`) live in `feedcore.events`:
+training and evaluation read the log without importing the serving side.
 """
 
 from __future__ import annotations
@@ -40,85 +37,28 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import threading
-import time
-import zlib
 from pathlib import Path
 
 import polars as pl
 
 from feedcore.errors import ArtifactError
+from feedcore.events import (
+    EVENTS_NAME,
+    RANKING,
+    RANKINGS_NAME,
+    SEGMENT_NAME,
+    encode_record,
+    events_frame,
+    rankings_frame,
+    read_segment,
+)
 from feedcore.io import atomic_path
-from feedcore.schemas import EVENTS_SCHEMA
 
 logger = logging.getLogger(__name__)
-
-SERVING_COLUMNS: dict[str, pl.DataType] = {
-    "request_id": pl.String(),
-    "position": pl.Int32(),
-    "surface": pl.String(),
-    "experiment_arm": pl.String(),
-    "source": pl.String(),
-    "propensity": pl.Float64(),  # the served item's propensity (exploring arms; null: deterministic)
-    "event_id": pl.String(),  # the client's id of the event (null: none given); (user_id, event_id) is logged once
-}
-LOG_SCHEMA = {**EVENTS_SCHEMA, **SERVING_COLUMNS}
-RANKING = "ranking"  # the "kind" of a ranking line in a segment (events have none)
-RANKING_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Int64(),  # when the session's first page was served (ms)
-    "user_id": pl.String(),
-    "request_id": pl.String(),  # the first page's: its events carry it
-    "experiment_arm": pl.String(),
-    "surface": pl.String(),
-    "model_version": pl.String(),
-    "exploration": pl.String(),  # the arm's ExplorationConfig.kind
-    "temperature": pl.Float64(),
-    "epsilon": pl.Float64(),
-    "depth": pl.Int32(),
-    "page_size": pl.Int32(),  # the first page's size: its items are the first page_size of item_ids
-    "weight_tasks": pl.List(pl.String()),  # the arm's value model: score = Σ weights · task predictions
-    "weights": pl.List(pl.Float64()),
-    "item_ids": pl.List(pl.String()),  # (N,) every eligible candidate, in the served (sampled) order
-    "values": pl.List(pl.Float64()),  # (N,) their value scores (what the exploring policy sampled on)
-    "propensities": pl.List(pl.Float64()),  # (N,) p(item at its position | the items above)
-    "tasks": pl.List(pl.String()),  # (T,)
-    "task_scores": pl.List(pl.List(pl.Float64())),  # (T, N) each task's prediction of each candidate
-}
-_SEGMENT = re.compile(r"^wal-(\d{8})\.jsonl$")
-_PARQUET = re.compile(r"^events-(\d{8})\.parquet$")
-_RANKINGS = re.compile(r"^rankings-(\d{8})\.parquet$")
-
-
-def _encode(record: dict) -> bytes:
-    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
-    return b"%08x %s\n" % (zlib.crc32(body), body)
-
-
-def read_segment(path: Path) -> tuple[list[dict], int]:
-    """The intact records of a segment, and how many lines were dropped (bad checksum or torn)."""
-    records, dropped = [], 0
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:  # the last line has no newline: torn by a crash mid-write
-        lines.pop()
-        dropped += 1
-    for line in lines:
-        crc, _, body = line.partition(b" ")
-        try:
-            if int(crc, 16) != zlib.crc32(body):
-                raise ValueError("checksum")
-            records.append(json.loads(body))
-        except ValueError:
-            dropped += 1
-    return records, dropped
-
 
 def _dedupe_key(record: dict) -> int | None:
     """64 bits of (user_id, event_id): a collision among the remembered ids is ~1e-9 likely."""
@@ -136,17 +76,6 @@ class Appended:
     last_seq: int  # the seq of the last event written now (when none was: the log's last)
     logged: list[dict]  # the events written now, in order
     duplicates: int  # events whose (user_id, event_id) the log already held (or the batch, earlier)
-
-
-def _frame(records: list[dict]) -> pl.DataFrame:
-    """The events among a segment's records (rankings left out)."""
-    records = [r for r in records if r.get("kind") != RANKING]
-    return pl.DataFrame(records, schema=LOG_SCHEMA) if records else pl.DataFrame(schema=LOG_SCHEMA)
-
-
-def _ranking_frame(records: list[dict]) -> pl.DataFrame:
-    records = [r for r in records if r.get("kind") == RANKING]
-    return pl.DataFrame(records, schema=RANKING_SCHEMA) if records else pl.DataFrame(schema=RANKING_SCHEMA)
 
 
 def take_lock(directory: Path):
@@ -226,7 +155,7 @@ class EventLog:
             first = self._next_seq
             if new:
                 self._next_seq += len(new)
-                self._file.write(b"".join(_encode({**e, "seq": first + i}) for i, e in enumerate(new)))
+                self._file.write(b"".join(encode_record({**e, "seq": first + i}) for i, e in enumerate(new)))
                 self._file.flush()
                 self._written = self._next_seq - 1
             for key, i in keys.items():
@@ -247,7 +176,7 @@ class EventLog:
         with self._lock:
             if self.closed:
                 raise RuntimeError("the event log is closed")
-            self._file.write(_encode({**record, "kind": RANKING}))
+            self._file.write(encode_record({**record, "kind": RANKING}))
             self._file.flush()
             full = self._file.tell() >= self.segment_bytes
         if full:
@@ -276,7 +205,7 @@ class EventLog:
             open_segment = self._segment
         with self._convert_lock:  # two threads rotating at once must not convert one segment twice
             for path in self._segments():
-                if int(_SEGMENT.match(path.name).group(1)) < open_segment:
+                if int(SEGMENT_NAME.match(path.name).group(1)) < open_segment:
                     self._convert(path)
 
     def close(self) -> None:
@@ -307,12 +236,12 @@ class EventLog:
         return dropped
 
     def _convert(self, segment: Path) -> int:
-        number = int(_SEGMENT.match(segment.name).group(1))
+        number = int(SEGMENT_NAME.match(segment.name).group(1))
         records, dropped = read_segment(segment)
         # Rankings first, events last: a crash between the two leaves the segment (converted again
         # at the next open, each file written only if missing), never a numbered file half-done.
-        for name, frame in ((f"rankings-{number:08d}.parquet", _ranking_frame(records)),
-                            (f"events-{number:08d}.parquet", _frame(records))):
+        for name, frame in ((f"rankings-{number:08d}.parquet", rankings_frame(records)),
+                            (f"events-{number:08d}.parquet", events_frame(records))):
             target = self.directory / name
             if not target.exists() and frame.height:
                 with atomic_path(target) as tmp:
@@ -323,17 +252,17 @@ class EventLog:
         return dropped
 
     def _segments(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if _SEGMENT.match(p.name))
+        return sorted(p for p in self.directory.iterdir() if SEGMENT_NAME.match(p.name))
 
     def _parquet_files(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if _PARQUET.match(p.name))
+        return sorted(p for p in self.directory.iterdir() if EVENTS_NAME.match(p.name))
 
     def _segment_path(self, number: int) -> Path:
         return self.directory / f"wal-{number:08d}.jsonl"
 
     def _next_segment_number(self) -> int:
-        numbers = [int(_PARQUET.match(p.name).group(1)) for p in self._parquet_files()]
-        numbers += [int(m.group(1)) for p in self.directory.iterdir() if (m := _RANKINGS.match(p.name))]
+        numbers = [int(EVENTS_NAME.match(p.name).group(1)) for p in self._parquet_files()]
+        numbers += [int(m.group(1)) for p in self.directory.iterdir() if (m := RANKINGS_NAME.match(p.name))]
         return max(numbers, default=0) + 1
 
     def _logged_event_ids(self) -> dict[int, int]:
@@ -358,49 +287,3 @@ class EventLog:
         if not files:
             return 0
         return int(pl.read_parquet(files[-1], columns=["seq"])["seq"].max() or 0)
-
-
-def read_event_log(directory: str | Path) -> pl.DataFrame:
-    """Every event of the log in `directory`, in seq order (Parquet files, then live segments).
-    The directory of a `feed serve --processes N` holds one log per process (``process-<i>/``):
-    then their events too, one log after the other, each in its own seq order (seq is unique
-    within a log, not across them)."""
-    directory = Path(directory)
-    processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
-    if processes:
-        logs = pl.concat([_read_one_log(directory), *map(_read_one_log, processes)], how="vertical_relaxed")
-        # A retried stream that reached another process is in two logs: keep its first copy.
-        first = pl.col("_row").min().over("user_id", "event_id")
-        return (logs.with_row_index("_row").filter(pl.col("event_id").is_null() | (pl.col("_row") == first))
-                .drop("_row"))
-    return _read_one_log(directory)
-
-
-def read_rankings(directory: str | Path) -> pl.DataFrame:
-    """Every session ranking logged in `directory` (`RANKING_SCHEMA`; none in a log written before
-    rankings were logged), from its Parquet files and live segments, and from each process's log
-    under a `feed serve --processes N` directory."""
-    directory = Path(directory)
-    processes = sorted((p for p in directory.glob("process-*") if p.name[8:].isdigit()), key=lambda p: int(p.name[8:]))
-    parts = []
-    for log in (directory, *processes):
-        parts += [pl.read_parquet(p) for p in sorted(log.glob("rankings-*.parquet")) if _RANKINGS.match(p.name)]
-        parts += [_ranking_frame(read_segment(p)[0]) for p in sorted(log.glob("wal-*.jsonl")) if _SEGMENT.match(p.name)]
-    frame = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema=RANKING_SCHEMA)
-    return frame.select(list(RANKING_SCHEMA)).sort("ts", maintain_order=True)
-
-
-def _read_one_log(directory: Path) -> pl.DataFrame:
-    parts = [pl.read_parquet(p) for p in sorted(directory.glob("events-*.parquet")) if _PARQUET.match(p.name)]
-    for segment in sorted(p for p in directory.glob("wal-*.jsonl") if _SEGMENT.match(p.name)):
-        parts.append(_frame(read_segment(segment)[0]))
-    if not parts:
-        return _frame([])
-    # diagonal: files written before a serving column existed (propensity, event_id) read it as null
-    frame = pl.concat(parts, how="diagonal_relaxed")
-    missing = [pl.lit(None, dtype).alias(name) for name, dtype in LOG_SCHEMA.items() if name not in frame.columns]
-    return frame.with_columns(missing).select(list(LOG_SCHEMA)).sort("seq")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from feedcore.config import BlendConfig, from_dict
 from feedcore.errors import DataError
-from ranker.exploration import ExplorationConfig
+from serving.mixing.exploration import ExplorationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Arm:
     value_weights: dict[str, float] | None = None  # None: the server's (per surface)
     blend: BlendConfig | None = None  # None: the server's
     # None: the arm ranks deterministically. Set: it samples its order and logs propensities for
-    # off-policy evaluation (`ranker.exploration`, `evaluation.ope`).
+    # off-policy evaluation (`serving.mixing.exploration`, `evaluation.ope`).
     exploration: ExplorationConfig | None = None
 
 

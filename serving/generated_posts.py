@@ -32,7 +32,8 @@ from generation.remote import RemotePostWriter
 from generation.store import PostStore, make_post_store
 from generation.worker import GenerationWorker
 from serving.metrics import ServiceMetrics
-from serving.pipeline import POST_CONTENT_TYPE, FeedPage, FeedPipeline, FeedRequest, PostCandidate
+from serving.page import FeedPage
+from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, PostCandidate
 
 logger = logging.getLogger(__name__)
 PLAN_DEPTH = 30  # ranked items looked at for a post's sources

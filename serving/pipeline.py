@@ -1,14 +1,16 @@
-"""One feed request, end to end: candidate sources → feature hydration → ranker → value model →
-blend → page. `FeedPipeline.from_artifacts` rebuilds it from what the training jobs wrote.
+"""One feed request, end to end, as a straight line through named stages, each in its own module:
+
+    candidates (`retrieval.candidates`) → hydration (`serving.hydration`) → ranking (`serving.ranking`)
+    → mixing (`serving.mixing`: value model, blend, exploration) → page (`serving.page`)
+
+`FeedPipeline.get_feed` is the one place that calls them, in that order; `FeedPipeline.from_artifacts`
+rebuilds the pipeline from what the training jobs wrote.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -20,6 +22,7 @@ import torch
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import BlendConfig, EngineConfig, ServingConfig, resolve_device
 from feedcore.errors import ArtifactError
+from feedcore.events import now_ms
 from feedcore.features import (
     FeatureSpec,
     ItemFeatures,
@@ -31,24 +34,23 @@ from feedcore.features import (
 )
 from feedcore.schemas import CanonicalDataset, dataset_fingerprint
 from generation.interface import GeneratedPost, SourceItem
-from ranker.batching import RankerBatch, RetrievalScorer, ranker_inputs, ranker_item_embeddings
-from ranker.blender import blend
-from ranker.exploration import ExplorationConfig, explore, session_seed
+from ranker.batching import RankerBatch, RetrievalScorer, ranker_item_embeddings
 from ranker.model import MultiTaskRanker, quantize_for_serving
-from ranker.value_model import value_scores
 from retrieval.candidates import CandidateGenerator, Candidates, UserState, make_candidate_generator
 from retrieval.embed import embed_users
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower
-from serving.event_log import now_ms
+from serving.cursors import decode_cursor
+from serving.hydration import hydrate, post_features
+from serving.mixing.blender import blend_by_value_model
+from serving.mixing.exploration import ExplorationConfig, explore_session
+from serving.mixing.value_model import value_scores
+from serving.page import FeedPage, page_of
+from serving.ranking import predict
 
 logger = logging.getLogger(__name__)
 POST_CONTENT_TYPE = "generated"  # the content type of generated posts
 POST_SOURCE = "generated"  # their candidate source (a ranker feature, `RankerArgs.source_ids`)
-
-
-class CursorError(ValueError):
-    """A cursor this service did not issue (or issued for another user or model)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,50 +78,6 @@ class PostCandidate:
 
     post: GeneratedPost
     text_embedding: np.ndarray  # (384,)
-
-
-@dataclasses.dataclass(frozen=True)
-class RankedItem:
-    item_id: str
-    content_type: str
-    title: str
-    score: float
-    task_scores: dict[str, float]
-    source: str
-    position: int
-    propensity: float = 0.0  # p(this item here | the items above) on an exploring arm; 0: deterministic
-    post: GeneratedPost | None = None  # set for generated posts: their text and provenance
-
-
-@dataclasses.dataclass(frozen=True)
-class FeedPage:
-    items: list[RankedItem]
-    next_cursor: str
-    model_version: str
-    timings_ms: dict[str, float]
-    degraded: tuple[str, ...] = ()  # components that failed and were replaced by a fallback
-
-
-def encode_cursor(user_id: str, offset: int, version: str, started_ms: int = 0) -> str:
-    raw = json.dumps({"u": user_id, "o": offset, "v": version, "t": started_ms}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str, user_id: str, version: str) -> tuple[int, int]:
-    """The offset in the ranked feed a cursor points to, and when its session's first page was
-    served (ms; 0 for the first page, which starts a session)."""
-    if not cursor:
-        return 0, 0
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        offset, owner, issued_by, started = int(data["o"]), data["u"], data["v"], int(data.get("t", 0))
-    except (binascii.Error, ValueError, KeyError, TypeError) as e:
-        raise CursorError("cursor is malformed: pass back the next_cursor of the previous page") from e
-    if owner != user_id or offset < 0:
-        raise CursorError(f"cursor was issued for another user, not {user_id!r}")
-    if issued_by != version:
-        raise CursorError("cursor was issued by an earlier model version: start again without a cursor")
-    return offset, started
 
 
 class RecentlySeen:
@@ -246,97 +204,83 @@ class FeedPipeline:
 
     @torch.no_grad()
     def get_feed(self, request: FeedRequest) -> FeedPage:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        clock = _StageClock()
         version = f"{self.model_version}|{request.arm}"
         offset, started_ms = decode_cursor(request.cursor, request.user_id, version)
         started_ms = started_ms or now_ms()
-        history = self.histories.get(request.user_id, np.zeros(0, np.int64))
-        seen = self.seen.get(request.user_id, frozenset())
-        if request.recently_seen is not None:
-            seen = seen | request.recently_seen.before(request.user_id, started_ms)
-
-        # 1. candidate sources (a cold user has no history: the fallback fills the list). The user
-        # tower runs once: its embedding is the ANN query and the ranker's retrieval-score feature.
-        embedding = self.user_embedding(request.user_id, history)
-        user = UserState(request.user_id, history, seen, embedding)
-        found = self.candidates.generate(user)
-        posts = {p.post.post_id: p for p in request.posts
-                 if p.post.post_id not in seen and p.post.created_ms <= started_ms}
-        candidates = found.plus(list(posts), POST_SOURCE, POST_CONTENT_TYPE)  # posts: their own source and type
-        item_ids = candidates.item_ids
-        timings["candidates"] = _lap(t0)
-
-        # 2. feature hydration (the same transforms as training), 3. ranker, 4. value model and blend.
-        # A failure here degrades to the candidate sources' own order rather than failing the request.
-        item = self.spec.items.encode(item_ids)
+        user, candidates, posts = self._candidates(request, started_ms)
+        clock.lap("candidates")
+        item = self.spec.items.encode(candidates.item_ids)
         degraded: tuple[str, ...] = ()
-        try:
-            ready = list(posts.values())
-            new_items = None if not ready else self._post_features(
-                [p.post.source_item_ids for p in ready], np.stack([p.text_embedding for p in ready]),
-                np.array([p.post.created_ms / 1000.0 for p in ready]), len(item_ids) - len(ready))
-            preds, values, order = self._rank(request, user, candidates, item, timings, new_items, started_ms)
+        try:  # a failure from hydration to mixing degrades to the candidate sources' order, not an error
+            new_items = self._post_features(list(posts.values()), first_row=len(candidates) - len(posts))
+            batch = self.hydrate(user, item, candidates.sources, new_items, started_ms)
+            clock.lap("hydration")
+            preds = predict(self.ranker, batch)
+            clock.lap("ranker")
+            values, order = self._mix(request, user, candidates, item, preds, new_items)
+            clock.lap("blend")
         except Exception:  # noqa: BLE001 (any failure of a model must not fail the feed)
             logger.exception("ranking failed for user %s: serving the candidate order", request.user_id)
             degraded = ("ranker",)
             preds = {}
-            values = -np.arange(len(item_ids), dtype=np.float64)  # the sources' order: ann, social, ..., popular
-            order = np.array([i for i, item_id in enumerate(item_ids) if item_id not in seen], np.int64)
+            values = -np.arange(len(candidates), dtype=np.float64)  # the sources' order: ann, social, ..., popular
+            order = np.array([i for i, item_id in enumerate(candidates.item_ids) if item_id not in user.seen], np.int64)
+        order, propensity = explore_session(order, values, None if degraded else request.exploration,
+                                            request.user_id, started_ms, request.arm)
+        items, next_cursor = page_of(
+            candidates, order, values, propensity, preds, offset=offset, page_size=request.page_size,
+            titles=self.catalog, posts={post_id: p.post for post_id, p in posts.items()},
+            user_id=request.user_id, version=version, session_ms=started_ms)
+        return FeedPage(items, next_cursor, self.model_version, clock.total(), degraded)
 
-        # 5. the page. An exploring arm samples its order from the blended one, seeded by the session,
-        # so every page of a session comes from one draw (`ranker.exploration`).
-        propensity = np.zeros(len(order))
-        if request.exploration is not None and not degraded:
-            rng = np.random.default_rng(session_seed(request.user_id, started_ms, request.arm))
-            order, propensity = explore(order, values, request.exploration, rng)
-        page = order[offset : offset + request.page_size]
-        items = []
-        for position, c in enumerate(page, start=offset):
-            post = posts[item_ids[c]].post if item_ids[c] in posts else None
-            title = self.catalog[item_ids[c]][1] if post is None else ""
-            items.append(RankedItem(
-                item_id=item_ids[c], content_type=candidates.content_types[c], title=title, score=float(values[c]),
-                task_scores={t: float(p[c]) for t, p in preds.items()}, source=candidates.sources[c],
-                position=position, post=post, propensity=float(propensity[position]),
-            ))
-        end = offset + len(page)
-        next_cursor = encode_cursor(request.user_id, end, version, started_ms) if end < len(order) else ""
-        timings["total"] = _lap(t0)
-        return FeedPage(items, next_cursor, self.model_version, timings, degraded)
+    def _candidates(self, request: FeedRequest,
+                    started_ms: int) -> tuple[UserState, Candidates, dict[str, PostCandidate]]:
+        """The user's state, their candidates from every source and the generated posts ready for
+        them (a cold user has no history: the fallback fills the list). The user tower runs once:
+        its embedding is the ANN query and the ranker's retrieval-score feature."""
+        history = self.histories.get(request.user_id, np.zeros(0, np.int64))
+        seen = self.seen.get(request.user_id, frozenset())
+        if request.recently_seen is not None:
+            seen = seen | request.recently_seen.before(request.user_id, started_ms)
+        user = UserState(request.user_id, history, seen, self.user_embedding(request.user_id, history))
+        found = self.candidates.generate(user)
+        posts = {p.post.post_id: p for p in request.posts
+                 if p.post.post_id not in seen and p.post.created_ms <= started_ms}
+        return user, found.plus(list(posts), POST_SOURCE, POST_CONTENT_TYPE), posts  # posts: their own source and type
 
-    def _rank(self, request: FeedRequest, user: UserState, candidates: Candidates, item: np.ndarray,
-              timings: dict[str, float], new_items: NewItems | None, request_ms: int):
-        """Task predictions, values and the blended order of the candidates (item indices `item`)
-        for `user`; `new_items` carries the content of candidates outside the vocabulary
-        (generated posts, item index 0). `request_ms` is the time features read (the session's
-        first page's, so pages never shift)."""
-        item_ids = candidates.item_ids
-        preds = self._predict(user, item, candidates.sources, new_items, request_ms, timings)
-        t3 = time.perf_counter()
-        values = value_scores(preds, request.value_weights or self.serving.weights_for(request.surface))
+    def _mix(self, request: FeedRequest, user: UserState, candidates: Candidates, item: np.ndarray,
+             preds: dict[str, np.ndarray], new_items: NewItems | None) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' values and blended order, by the arm's value weights and blend (else the
+        surface's); diversity compares retrieval item embeddings (a post: its content's)."""
         embeddings = None if self.item_embeddings is None else self.item_embeddings[item]
         if embeddings is not None and new_items is not None and new_items.embedding is not None:
             embeddings[new_items.rows] = new_items.embedding  # posts: their content embedding, not row 0
-        order = blend(
-            values, candidates.content_types, request.blend or self.serving.blend,
-            item_ids=item_ids, exclude=user.seen, creators=[self.creators.get(i) for i in item_ids],
-            embeddings=embeddings,
-        )
-        timings["blend"] = _lap(t3)
-        return preds, values, order
+        return blend_by_value_model(
+            preds, request.value_weights or self.serving.weights_for(request.surface), candidates.content_types,
+            request.blend or self.serving.blend, item_ids=candidates.item_ids, exclude=user.seen,
+            creators=[self.creators.get(i) for i in candidates.item_ids], embeddings=embeddings)
 
-    def _predict(self, user: UserState, item: np.ndarray, sources: list[str], new_items: NewItems | None,
-                 request_ms: int, timings: dict[str, float]) -> dict[str, np.ndarray]:
-        """Task → (B,) ranker predictions of B candidates: hydration, then the ranker (timed)."""
-        t1 = time.perf_counter()
-        batch = self.hydrate(user, item, sources, new_items, request_ms)
-        timings["hydration"] = _lap(t1)
-        t2 = time.perf_counter()
-        preds = {k: v.numpy() for k, v in self.ranker(batch.dense, batch.sparse).items()} if len(item) else {
-            t: np.zeros(0) for t in self.ranker.task_names}
-        timings["ranker"] = _lap(t2)
-        return preds
+    def hydrate(self, user: UserState, item: np.ndarray, sources: list[str], new_items: NewItems | None = None,
+                request_ms: int = 0) -> RankerBatch:
+        """The ranker's inputs for `user`'s B candidates (item indices `item`, found by `sources`), as
+        GetFeed hydrates them (`serving.hydration.hydrate` with this pipeline's features and ranker)."""
+        return hydrate(user, item, sources, spec=self.spec, item_features=self.item_features,
+                       ranker_args=self.ranker.args, retrieval_scorer=self.retrieval_scorer,
+                       new_items=new_items, request_ms=request_ms)
+
+    def _post_features(self, posts: list[PostCandidate], first_row: int) -> NewItems | None:
+        """The ranker's view of the generated posts at rows first_row.. of the batch (None: no posts)."""
+        if not posts:
+            return None
+        return self._new_items([p.post.source_item_ids for p in posts], np.stack([p.text_embedding for p in posts]),
+                               np.array([p.post.created_ms / 1000.0 for p in posts]), first_row)
+
+    def _new_items(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray, created_at: np.ndarray,
+                   first_row: int) -> NewItems:
+        return post_features(source_item_ids, text, created_at, first_row, spec=self.spec,
+                             item_features=self.item_features, retrieval=self.retrieval,
+                             retrieval_spec=self.retrieval_spec)
 
     @torch.no_grad()
     def score_posts(self, user_id: str, source_item_ids: list[tuple[str, ...]], text_embeddings: np.ndarray,
@@ -350,10 +294,10 @@ class FeedPipeline:
         now = now_ms()
         created = np.full(m, now) if created_ms is None else np.asarray(created_ms)
         history = self.histories.get(user_id, np.zeros(0, np.int64))
-        new_items = self._post_features(source_item_ids, text_embeddings, created / 1000.0, first_row=0)
-        preds = self._predict(UserState(user_id, history, frozenset()), np.zeros(m, np.int64), [POST_SOURCE] * m,
-                              new_items, now, {})
-        return value_scores(preds, self.serving.weights_for(surface))
+        new_items = self._new_items(source_item_ids, text_embeddings, created / 1000.0, first_row=0)
+        batch = self.hydrate(UserState(user_id, history, frozenset()), np.zeros(m, np.int64), [POST_SOURCE] * m,
+                             new_items, now)
+        return value_scores(predict(self.ranker, batch), self.serving.weights_for(surface))
 
     def source_item(self, item_id: str) -> SourceItem:
         """A catalogue item as a generated post's source: title, content type, categories, creator."""
@@ -372,18 +316,6 @@ class FeedPipeline:
         counts = collections.Counter(int(v) for v in values if v)
         return [c for c in (self.spec.categories.decode(v) for v, _ in counts.most_common(k)) if c]
 
-    def hydrate(self, user: UserState, item: np.ndarray, sources: list[str], new_items: NewItems | None = None,
-                request_ms: int = 0) -> RankerBatch:
-        """The ranker's inputs for `user`'s B candidates (item indices `item`, found by `sources`),
-        by the training transform (`ranker_inputs`) at the request time; the user tower's
-        embedding is `user.embedding` when the caller computed it."""
-        users = np.full(len(item), self.spec.users.encode_one(user.user_id), np.int64)
-        hist = np.repeat(pad_histories([user.history], self.spec.max_history), len(item), axis=0)
-        source = self.ranker.args.source_ids(sources)
-        return ranker_inputs(users, item, hist, self.item_features, source=source, new_items=new_items,
-                             features=self.ranker.args.features, event_time=np.full(len(item), request_ms / 1000.0),
-                             retrieval=self.retrieval_scorer, user_embedding=user.embedding)
-
     @torch.no_grad()
     def user_embedding(self, user_id: str, history: np.ndarray) -> np.ndarray | None:
         """(D,) the retrieval user tower's embedding of the user and their history (None without a
@@ -394,37 +326,19 @@ class FeedPipeline:
         user = np.array([spec.users.encode_one(user_id)], np.int64)
         return embed_users(self.retrieval, user, pad_histories([history], spec.max_history))[0]
 
-    def _post_features(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray, created_at: np.ndarray,
-                       first_row: int) -> NewItems:
-        """The ranker's view of M generated posts at rows first_row.. of the batch: the union of
-        their source items' categories, their (M, 384) text embeddings and age (`created_at`, unix
-        seconds), and their item-space embedding from the retrieval model's content path (for the
-        retrieval score and the blender's diversity)."""
-        rows = np.arange(first_row, first_row + len(source_item_ids))
-        text = np.asarray(text, np.float32)
-        embedding = None if self.retrieval is None else self.post_embeddings(source_item_ids, text)
-        sources = [self.spec.items.encode(pl.Series(ids, dtype=pl.String)) for ids in source_item_ids]
-        return NewItems.from_source_items(rows, sources, self.item_features, text=text, created_at=created_at,
-                                          embedding=embedding)
 
-    @torch.no_grad()
-    def post_embeddings(self, source_item_ids: list[tuple[str, ...]], text: np.ndarray) -> np.ndarray:
-        """(M, D) retrieval-space embeddings of M posts from their content: the union of their
-        sources' categories and their text (`TwoTower.content_embeddings`)."""
-        model, spec = self.retrieval, self.retrieval_spec
-        cats, types = [], []
-        for ids in source_item_ids:
-            idx = spec.items.encode(pl.Series(ids, dtype=pl.String))
-            values = [model.category_values[model.category_offsets[i]:model.category_offsets[i + 1]] for i in idx]
-            cats.append(torch.unique(torch.cat(values)) if values else torch.zeros(0, dtype=torch.long))
-            known = model.content_type[torch.from_numpy(idx[idx != 0])]
-            types.append(int(torch.bincount(known).argmax()) if len(known) else 0)  # its sources' type, as the ranker
-        lengths = torch.tensor([len(c) for c in cats])
-        offsets = torch.cumsum(lengths, 0) - lengths
-        content_type = torch.tensor(types, dtype=torch.long)
-        out = model.content_embeddings(content_type, torch.cat(cats), offsets, torch.from_numpy(text))
-        return out.numpy().astype(np.float32)
+class _StageClock:
+    """Each stage's wall time in ms, by name (`lap` ends the stage since the previous lap), and the total."""
 
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
 
-def _lap(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = (now - self._last) * 1000.0
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        """Every lap so far, and the total since the clock started."""
+        return {**self.timings, "total": (time.perf_counter() - self._start) * 1000.0}

@@ -73,7 +73,7 @@ class GenerationProcess:
     READY = "GENERATION_SERVER_READY"
 
     def __init__(self, config_path: str, scratch: Path, verbose: bool = False) -> None:
-        self.command = [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve-generation",
+        self.command = [sys.executable, "-m", "feedcli", *(["-v"] if verbose else []), "serve-generation",
                         "--config", config_path, "--address", f"unix://{scratch / 'generation.sock'}"]
         self.address = f"unix://{scratch / 'generation.sock'}"
         self.process: subprocess.Popen | None = None
@@ -121,7 +121,7 @@ def process_command(config_path: str, port: int, index: int, verbose: bool = Fal
                     generation: str = "") -> list[str]:
     """The command line of server process `index` (a `feed serve` of one process), with the
     launcher's generation service at `generation` when given."""
-    return [sys.executable, "-m", "feedcore.cli", *(["-v"] if verbose else []), "serve", "--config", config_path,
+    return [sys.executable, "-m", "feedcli", *(["-v"] if verbose else []), "serve", "--config", config_path,
             "--port", str(port), "--process-index", str(index),
             *(["--generation-service", generation] if generation else [])]
 

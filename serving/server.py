@@ -31,8 +31,8 @@ from serving.event_log import EventLog
 from serving.experiments import ExperimentStore
 from serving.interceptors import SPARE_THREADS, Admission, server_interceptors
 from serving.metrics import ServiceMetrics
-from serving.process import LAUNCHER_GONE
 from serving.pipeline import FeedPipeline
+from serving.process import LAUNCHER_GONE
 from serving.reloader import ModelReloader, freeze_heap
 from serving.servicer import FeedServicer
 

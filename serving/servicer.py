@@ -18,19 +18,20 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import HealthServicer
 
 from feedcore.config import ServingConfig
+from feedcore.events import now_ms
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from feedcore.schemas import ACCOUNT
 from generation.interface import GeneratedPost
 from generation.remote import ModelUnavailable
 from ranker.model import CANDIDATE_SOURCES
 from retrieval.candidates import EXPLANATIONS
-from serving.cursors import CursorSigner
-from serving.event_log import EventLog, now_ms
+from serving.cursors import CursorError, CursorSigner
+from serving.event_log import EventLog
 from serving.experiments import Experiment, ExperimentStore
 from serving.generated_posts import GeneratedPosts
 from serving.interceptors import note, request_id
 from serving.metrics import ServiceMetrics
-from serving.pipeline import POST_CONTENT_TYPE, CursorError, FeedPipeline, FeedRequest, RecentlySeen
+from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, RecentlySeen
 from serving.session_rankings import log_session_ranking
 from serving.validation import MAX_CURSOR_BYTES, MAX_OVERRIDES, Violations, abort_invalid, clip
 

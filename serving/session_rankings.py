@@ -1,10 +1,10 @@
 """What off-policy evaluation needs from an exploring arm: the whole ranking each session sampled.
 
-An exploring arm (`ranker.exploration`) samples one order of every eligible candidate per session
+An exploring arm (`serving.mixing.exploration`) samples one order of every eligible candidate per session
 and serves it page by page. A served item's propensity is the logging policy's half of an
 importance weight; the target policy's half, π(item at k | the items above), needs the scores of
 every candidate that could have been placed there. So, at the first page of each such session,
-the server logs the session's ranking (`serving.event_log.RANKING_SCHEMA`): every candidate in
+the server logs the session's ranking (`feedcore.events.RANKING_SCHEMA`): every candidate in
 the served order with its value score, its task predictions and its propensity, with the arm's
 value weights and exploration settings. From it `evaluation.ope_log` recomputes the propensities of
 any Plackett–Luce policy over value weights (another arm's, or a candidate's), and the page's
@@ -22,8 +22,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from serving.event_log import EventLog, now_ms
-from serving.pipeline import CursorError, FeedPage, FeedPipeline, FeedRequest
+from feedcore.events import now_ms
+from serving.cursors import CursorError
+from serving.event_log import EventLog
+from serving.page import FeedPage
+from serving.pipeline import FeedPipeline, FeedRequest
 
 logger = logging.getLogger(__name__)
 

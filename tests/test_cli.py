@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _feed(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "feedcore.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "feedcli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -54,7 +54,7 @@ def test_prepare_writes_tables_and_split(tmp_path):
 def test_serve_answers_and_stops_cleanly_on_sigterm(trained_engine, tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n")
-    server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", str(config), "--port", "0"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -118,7 +118,7 @@ def test_demo_runs_the_whole_path_on_a_tiny_config(tmp_path, llm_cache_dir):
     # The app's side of the loop: each user's first page logged (10 impressions and a click), and
     # the graceful stop flushed the log into Parquet, ready for `feed train ranker --from-logs`.
     assert result.stdout.count("11 events") == 2
-    from serving.event_log import read_event_log
+    from feedcore.events import read_event_log
 
     logged = read_event_log(tmp_path / "a" / "event_log")
     assert logged.height == 22 and logged["request_id"].null_count() == 0

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from evaluation.synthetic import PlantedAB, planted_ab_log
-from feedcore.cli import main
+from feedcli.cli import main
 from serving.event_log import EventLog
 from serving.experiments import load_experiment
 

@@ -12,8 +12,8 @@ from evaluation.compare import (
     compare_markdown,
     compare_scores,
 )
-from evaluation.metrics import auc, weighted_auc
 from evaluation.report import write_report
+from feedcore.metrics import auc, weighted_auc
 
 
 def _held(users=400, seed=0):
@@ -64,7 +64,7 @@ def test_two_real_engines_on_the_same_held_out_data(sim_engine, tmp_path):
 def test_feed_eval_compare_command(sim_engine, tmp_path, capsys):
     import json
 
-    from feedcore.cli import main
+    from feedcli.cli import main
 
     config = sim_engine[0]
     toml = tmp_path / "a.toml"

@@ -13,7 +13,7 @@ from evaluation.ope import (
     snips,
 )
 from evaluation.synthetic import planted_ranking_logs
-from ranker.exploration import plackett_luce_propensities, plackett_luce_sample
+from serving.mixing.exploration import plackett_luce_propensities, plackett_luce_sample
 
 TARGET_T = 0.5
 

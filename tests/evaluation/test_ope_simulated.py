@@ -17,7 +17,8 @@ from evaluation.simulator import (
     simulation_report,
     true_policy_value,
 )
-from serving.event_log import RANKING_SCHEMA, EventLog, read_event_log, read_rankings
+from feedcore.events import RANKING_SCHEMA, read_event_log, read_rankings
+from serving.event_log import EventLog
 from serving.experiments import load_experiment
 from serving.server import create_server
 

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from evaluation.simulator import SimulationConfig, respond, run_simulation, simulation_report, split_futures
-from serving.event_log import EventLog, read_event_log
+from feedcore.events import read_event_log
+from serving.event_log import EventLog
 from serving.experiments import load_experiment
 from serving.server import create_server
 

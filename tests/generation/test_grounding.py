@@ -9,7 +9,8 @@ import pytest
 
 from generation.grounding import Catalog, repair, template_post
 from generation.interface import KINDS, SourceItem
-from generation.prompts import build_prompt, display_title
+from generation.prompts import build_prompt
+from generation.titles import display_title
 
 
 def _ids(catalog: Catalog, *titles: str) -> list[str]:

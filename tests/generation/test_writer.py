@@ -13,7 +13,8 @@ from generation.critic import Critic
 from generation.grounding import template_post, title_key
 from generation.guardrails import Guardrails
 from generation.interface import METHODS, GeneratedPost, PostRequest
-from generation.prompts import answer_opening, build_prompt, display_title
+from generation.prompts import answer_opening, build_prompt
+from generation.titles import display_title
 from generation.writer import PostWriter, post_id
 from tests.generation.conftest import config
 

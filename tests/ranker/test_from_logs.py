@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evaluation.metrics import auc
 from feedcore.config import TaskConfig
 from feedcore.features import build_feature_spec, item_features_from_dict
+from feedcore.metrics import auc
 from ranker.data import examples_from_log, make_examples
 from serving.event_log import EventLog
 

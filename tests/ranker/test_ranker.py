@@ -9,7 +9,6 @@ from feedcore.features import ItemFeatures
 from ranker.batching import ranker_inputs
 from ranker.data import pair_labels
 from ranker.model import DENSE_FEATURES, SPARSE_FEATURES, MultiTaskRanker, MultiTaskRankerTrain, RankerArgs
-from ranker.value_model import value_scores
 
 TASKS = (TaskConfig("click", "binary"), TaskConfig("rating", "regression", 0.5, "rating"))
 
@@ -77,14 +76,6 @@ def test_pair_labels_follow_task_declarations():
     assert (labels["v"]["engage"], labels["v"]["like"], labels["v"]["rating"]) == (1.0, 0.0, None)
 
 
-def test_value_model_weights_tasks_and_refuses_unknown_ones():
-    preds = {"click": np.array([0.2, 0.9]), "hide": np.array([0.5, 0.1])}
-    scores = value_scores(preds, {"click": 1.0, "hide": -2.0})
-    assert scores.tolist() == pytest.approx([-0.8, 0.7])
-    with pytest.raises(KeyError, match="follow"):
-        value_scores(preds, {"follow": 1.0})
-
-
 def test_training_with_fused_embeddings_learns(trained_engine):
     from feedcore.artifacts import load_checkpoint
 
@@ -150,7 +141,7 @@ batch_size = 2048
 """)
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--standalone", "-m", "feedcore.cli", "train", "ranker", "--config", str(config)],
+                             "--standalone", "-m", "feedcli", "train", "ranker", "--config", str(config)],
                             cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = load_checkpoint(artifacts / "ranker" / "model.pt", "ranker")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.artifacts import load_checkpoint
 from feedcore.config import RetrievalConfig
 from feedcore.errors import ArtifactError
 from feedcore.features import ItemFeatures, history_events
+from feedcore.metrics import hit_rate_at_k, ndcg_at_k, rank_of_target
 from feedcore.splits import Split
 from retrieval.index import ItemIndex
 from retrieval.model import TwoTower, TwoTowerArgs
@@ -186,7 +186,7 @@ def test_full_ranking_metrics_on_a_known_case():
 
 
 def test_metrics_per_content_type():
-    from evaluation.metrics import full_ranking_metrics
+    from feedcore.metrics import full_ranking_metrics
 
     scores = np.array([[0.0, 3.0, 2.0, 1.0]] * 3)
     metrics = full_ranking_metrics(scores, np.array([1, 2, 3]), [np.array([0])] * 3, ks=(1, 2),

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.metrics import full_ranking_metrics, rank_of_target
 from feedcore.config import RetrievalConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features
+from feedcore.metrics import full_ranking_metrics, rank_of_target
 from feedcore.splits import Split, leave_one_out
 from retrieval.ops import Dropout, chunked_softmax_cross_entropy, ranks_in_chunks
 from retrieval.train import (

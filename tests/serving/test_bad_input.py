@@ -12,9 +12,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.event_log import EventLog, read_event_log
-from serving.pipeline import FeedPipeline, encode_cursor
+from serving.cursors import encode_cursor
+from serving.event_log import EventLog
+from serving.pipeline import FeedPipeline
 from serving.server import create_server
 
 KEY = "k"

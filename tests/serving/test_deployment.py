@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 def _start(args: list[str], stderr: Path, ready: str) -> tuple[subprocess.Popen, str]:
     with stderr.open("w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "feedcore.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, "-m", "feedcli", *args], cwd=REPO, stdout=subprocess.PIPE,
                                    stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = process.stdout.readline()
     assert line.startswith(ready), stderr.read_text()[-3000:]

@@ -11,8 +11,9 @@ import grpc
 import polars as pl
 import pytest
 
+from feedcore.events import read_event_log, read_segment
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
-from serving.event_log import EventLog, read_event_log, read_segment
+from serving.event_log import EventLog
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"
@@ -173,7 +174,7 @@ def test_acknowledged_events_survive_kill_9(trained_engine, tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n[serving]\napi_keys = ['{KEY}']\n"
                       f"event_log_dir = '{log_dir}'\nevent_log_segment_mb = 0.05\n")
-    server = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", str(config), "--port", "0"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     acked: list[str] = []

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from feedcore.config import BlendConfig
+from feedcore.events import now_ms
 from feedcore.text import embed_texts, load_text_encoder
 from generation.interface import GeneratedPost
-from serving.event_log import now_ms
+from serving.hydration import post_embeddings
 from serving.pipeline import POST_CONTENT_TYPE, FeedPipeline, FeedRequest, PostCandidate
 
 
@@ -63,8 +64,9 @@ def test_the_ranker_scores_a_post_from_its_content(pipeline, encoder):
     scores = pipeline.score_posts("1", [a.post.source_item_ids, b.post.source_item_ids],
                                   np.stack([a.text_embedding, b.text_embedding]))
     assert np.isfinite(scores).all() and scores[0] != pytest.approx(scores[1], abs=1e-6)
-    embeddings = pipeline.post_embeddings([a.post.source_item_ids, b.post.source_item_ids],
-                                          np.stack([a.text_embedding, b.text_embedding]))
+    embeddings = post_embeddings([a.post.source_item_ids, b.post.source_item_ids],
+                                 np.stack([a.text_embedding, b.text_embedding]), pipeline.retrieval,
+                                 pipeline.retrieval_spec)
     assert embeddings.shape == (2, pipeline.retrieval.args.embedding_dim)
     assert np.linalg.norm(embeddings, axis=1) == pytest.approx(1.0, abs=1e-4)  # the item space is cosine
 

@@ -14,16 +14,16 @@ import grpc
 import pytest
 
 from feedcore.errors import DataError
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import wait_ready
-from serving.event_log import read_event_log
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(config: Path, stderr: Path, *args: str) -> subprocess.Popen:
     with stderr.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), *args],
+        return subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", str(config), *args],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -83,7 +83,7 @@ def test_processes_share_one_port_restart_a_killed_one_and_lose_no_event(trained
         address = line.split()[1]
         first = _serving_pids(stderr)
         assert sorted(first) == [0, 1]
-        second = subprocess.run([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config), "--port", "0"],
+        second = subprocess.run([sys.executable, "-m", "feedcli", "serve", "--config", str(config), "--port", "0"],
                                 cwd=REPO, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2 and f"the event log is open in process {launcher.pid}" in second.stderr
         log_one_event_per_connection(24)

@@ -94,7 +94,7 @@ def test_bad_requests_get_invalid_argument(stub, kwargs, message):
 
 
 def test_a_cursor_cannot_be_replayed_for_another_user_or_model(stub, running):
-    from serving.pipeline import encode_cursor
+    from serving.cursors import encode_cursor
 
     cursor = _get(stub, "1", page_size=5).next_cursor
     with pytest.raises(grpc.RpcError) as info:

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
 from serving.client import wait_ready
-from serving.event_log import read_event_log
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "k"
@@ -27,7 +27,7 @@ def server(trained_engine, tmp_path):
     config.write_text(f"artifacts_dir = '{trained_engine.artifacts_dir}'\n[serving]\nevent_log_dir = '{log_dir}'\n"
                       f"api_keys = ['{KEY}']\nreload_interval_s = 0\n")
     with stderr.open("w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "feedcore.cli", "serve", "--config", str(config),
+        process = subprocess.Popen([sys.executable, "-m", "feedcli", "serve", "--config", str(config),
                                     "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -1,4 +1,5 @@
-"""The value model: task predictions → one score per candidate (the blender, `ranker.blender`, orders them).
+"""The value model: task predictions → one score per candidate (the blender, `serving.mixing.blender`,
+orders them).
 
 score = Σ_t weight_t · prediction_t, with weights per surface / experiment arm coming from config
 (negative weights for negative feedback such as hide or report).

@@ -1,7 +1,7 @@
 """The blender: value-scored candidates → the order of the feed.
 
-The value model (`ranker.value_model`) gives every candidate one score; the blender turns scores into
-a feed a person wants to scroll. Greedily, position by position, it picks:
+The value model (`serving.mixing.value_model`) gives every candidate one score; the blender turns
+scores into a feed a person wants to scroll. Greedily, position by position, it picks:
 
 1. the content type that is furthest below its target share so far (`type_shares`; types without a
    share split what the listed shares leave, a type that runs out leaves its room to the others,
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feedcore.config import BlendConfig
+from serving.mixing.value_model import value_scores
 
 
 def blend(
@@ -86,6 +87,25 @@ def blend(
     placed[order] = True
     rest = by_value[~placed[by_value]]
     return np.concatenate([order, rest])
+
+
+def blend_by_value_model(
+    predictions: dict[str, np.ndarray],
+    weights: dict[str, float],
+    content_types: Sequence[str],
+    config: BlendConfig,
+    *,
+    item_ids: Sequence[str],
+    creators: Sequence[str | None],
+    embeddings: np.ndarray | None,
+    exclude: frozenset[str] | set[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mixing stage of GetFeed: the value model's (n,) scores of the candidates (task
+    `predictions` weighted by `weights`, `value_scores`) and their (m,) feed order (`blend`)."""
+    values = value_scores(predictions, weights)
+    order = blend(values, content_types, config, item_ids=item_ids, exclude=exclude, creators=creators,
+                  embeddings=embeddings)
+    return values, order
 
 
 def _wanted_type(shares: np.ndarray, placed: np.ndarray, present: np.ndarray, position: int) -> int:

@@ -141,3 +141,14 @@ def explore(order: np.ndarray, values: np.ndarray, config: ExplorationConfig,
     rest = np.setdiff1d(np.arange(len(order)), local, assume_unique=True)  # blended order kept
     served = order[np.concatenate([local, rest])]
     return served, np.concatenate([head_p, np.ones(len(rest))])
+
+
+def explore_session(order: np.ndarray, values: np.ndarray, config: ExplorationConfig | None, user_id: str,
+                    session_ms: int, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """The served order of a session's feed and its per-position propensities: `explore`, seeded by
+    the session (`session_seed` of the user, the session's start and the arm), so every page of a
+    session comes from one draw. Without exploration (None): the blended order, propensities 0."""
+    if config is None:
+        return order, np.zeros(len(order))
+    rng = np.random.default_rng(session_seed(user_id, session_ms, arm))
+    return explore(order, values, config, rng)

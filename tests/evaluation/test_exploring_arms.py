@@ -1,4 +1,5 @@
-"""Exploring arms: sampled orders with exact propensities, served and logged by the real service."""
+"""Exploring arms served and logged by the real service: the propensities on the wire and in the log
+are the arms' probabilities (the policies alone: tests/serving/mixing/test_exploration.py)."""
 
 import dataclasses
 import time
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 
 from feedcore.errors import DataError
+from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2, feed_pb2_grpc
-from ranker.exploration import ExplorationConfig, epsilon_greedy_sample, explore
-from serving.event_log import EventLog, read_event_log
+from serving.event_log import EventLog
 from serving.experiments import load_experiment
+from serving.mixing.exploration import ExplorationConfig
 from serving.server import create_server
 
 ARMS = """
@@ -29,26 +31,6 @@ name = "pl"
 share = 0.0
 exploration = { kind = "plackett_luce", temperature = 0.05, depth = 5 }
 """
-
-
-def test_epsilon_greedy_draws_match_their_propensities():
-    rng = np.random.default_rng(0)
-    draws = [epsilon_greedy_sample(np.arange(4), 0.5, 2, rng) for _ in range(8000)]
-    first = np.bincount([o[0] for o, _ in draws], minlength=4) / len(draws)
-    np.testing.assert_allclose(first, [0.5 + 0.125, 0.125, 0.125, 0.125], atol=0.015)
-    # p(0 then 1) = 0.625 * (0.5 + 0.5/3): the product of the logged conditionals
-    pair = np.mean([o[0] == 0 and o[1] == 1 for o, _ in draws])
-    assert pair == pytest.approx(0.625 * (0.5 + 0.5 / 3), abs=0.015)
-    logged = next(p for o, p in draws if o[0] == 0 and o[1] == 1)
-    assert logged.prod() == pytest.approx(0.625 * (0.5 + 0.5 / 3))
-
-
-def test_explore_keeps_every_item_once_and_the_blended_tail():
-    order = np.array([4, 2, 0, 1, 3, 5])
-    served, p = explore(order, np.arange(6.0), ExplorationConfig("plackett_luce", temperature=1.0, depth=2),
-                        np.random.default_rng(1))
-    assert sorted(served) == list(range(6)) and np.all(p[2:] == 1.0) and np.all((p[:2] > 0) & (p[:2] < 1))
-    assert [i for i in order if i not in served[:2]] == served[2:].tolist()
 
 
 def test_an_arm_explores_only_with_valid_settings(tmp_path):

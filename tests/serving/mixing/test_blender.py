@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feedcore.config import BlendConfig
-from ranker.blender import blend
+from serving.mixing.blender import blend
 
 
 def test_without_constraints_the_feed_is_by_value_and_seen_items_are_dropped():
@@ -85,7 +85,7 @@ def test_diversity_needs_embeddings():
        st.floats(0.0, 0.5), st.integers(1, 100), st.integers(0, 10_000))
 def test_the_type_merge_fast_path_equals_the_greedy_reference(types, share, depth, seed):
     """Type shares without diversity or caps take `_merge_by_type`; `_greedy` is its reference."""
-    from ranker.blender import _greedy, _merge_by_type
+    from serving.mixing.blender import _greedy, _merge_by_type
 
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 5, len(types)).astype(float)  # ties on purpose

@@ -11,7 +11,7 @@
     feed ab analyze     --experiment configs/experiments/ab-demo.toml [--log DIR] [--start-ms MS] [--out reports/ab]
     feed ab simulate    --config configs/demo.toml --experiment configs/experiments/ab-demo.toml [--out examples/ab-report]
 
-Each command imports only the parts it runs.
+Each command imports only the parts it runs. `python -m feedcli ...` is the same command (`feedcli/__main__.py`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def cmd_demo(config: EngineConfig, args: argparse.Namespace) -> None:
     from serving.client import log_interactions, print_feed, stream_post, wait_ready
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "feedcore.cli", "serve", "--config", args.config, "--port", "0"],
+        [sys.executable, "-m", "feedcli", "serve", "--config", args.config, "--port", "0"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -207,7 +207,7 @@ def cmd_ab_analyze(config: EngineConfig, args: argparse.Namespace) -> None:
     """The A/B report of an experiment from the service's event log."""
     from evaluation.ab import PRIMARY, ABConfig, ab_figures, ab_markdown, analyze
     from evaluation.report import write_report
-    from serving.event_log import read_event_log
+    from feedcore.events import read_event_log
     from serving.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)
@@ -255,7 +255,7 @@ def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
         simulation_report,
         train_engine,
     )
-    from serving.event_log import read_event_log, read_rankings
+    from feedcore.events import read_event_log, read_rankings
     from serving.experiments import load_experiment
 
     experiment = load_experiment(args.experiment)
@@ -380,6 +380,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"feed: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
 
-
-if __name__ == "__main__":
-    main()
