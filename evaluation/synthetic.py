@@ -4,7 +4,7 @@ Nothing here is a measurement of the engine: every frame these functions return 
 a stated model, and the truth it was generated from is returned beside it, so an estimator can be
 checked against it.
 
-- `planted_ab_log`: an event log in the service's layout (`serving.event_log` columns) for an A/B
+- `planted_ab_log`: an event log in the service's layout (`feedcore.events` columns) for an A/B
   experiment whose users are assigned by the given function (pass the service's own,
   `serving.experiments.Experiment.assign`), with a planted relative lift on the click probability per arm, an optional
   loss of a share of one arm's users (a planted sample-ratio mismatch, as a logging bug in one arm
