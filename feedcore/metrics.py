@@ -159,6 +159,8 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int
     """
     weight, mean_pred, observed = calibration_bins(labels, scores, bins, weights)
     live = weight > 0
+    if not live.any():  # no rows (say, a task no validation row carries): undefined, not 0
+        return float("nan")
     return float(round((weight[live] * np.abs(mean_pred[live] - observed[live])).sum() / weight.sum(), 12))
 
 
