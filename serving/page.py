@@ -32,6 +32,10 @@ class FeedPage:
     model_version: str
     timings_ms: dict[str, float]
     degraded: tuple[str, ...] = ()  # components that failed and were replaced by a fallback
+    # The first page of an exploring session: every eligible candidate in the sampled order the
+    # session pages through, with scores and propensities (what off-policy evaluation logs,
+    # `serving.session_rankings`); None on any other page.
+    session: list[RankedItem] | None = None
 
 
 def page_of(

@@ -45,7 +45,7 @@ from serving.hydration import hydrate, post_features
 from serving.mixing.blender import blend_by_value_model
 from serving.mixing.exploration import ExplorationConfig, explore_session
 from serving.mixing.value_model import value_scores
-from serving.page import FeedPage, page_of
+from serving.page import FeedPage, RankedItem, page_of
 from serving.ranking import predict
 
 logger = logging.getLogger(__name__)
@@ -228,11 +228,15 @@ class FeedPipeline:
             order = np.array([i for i, item_id in enumerate(candidates.item_ids) if item_id not in user.seen], np.int64)
         order, propensity = explore_session(order, values, None if degraded else request.exploration,
                                             request.user_id, started_ms, request.arm)
-        items, next_cursor = page_of(
-            candidates, order, values, propensity, preds, offset=offset, page_size=request.page_size,
-            titles=self.catalog, posts={post_id: p.post for post_id, p in posts.items()},
-            user_id=request.user_id, version=version, session_ms=started_ms)
-        return FeedPage(items, next_cursor, self.model_version, clock.total(), degraded)
+        def page(offset: int, page_size: int) -> tuple[list[RankedItem], str]:
+            return page_of(candidates, order, values, propensity, preds, offset=offset, page_size=page_size,
+                           titles=self.catalog, posts={post_id: p.post for post_id, p in posts.items()},
+                           user_id=request.user_id, version=version, session_ms=started_ms)
+
+        items, next_cursor = page(offset, request.page_size)
+        exploring = request.exploration is not None and request.exploration.kind != "none"
+        session = page(0, len(order))[0] if exploring and offset == 0 and not degraded else None
+        return FeedPage(items, next_cursor, self.model_version, clock.total(), degraded, session)
 
     def _candidates(self, request: FeedRequest,
                     started_ms: int) -> tuple[UserState, Candidates, dict[str, PostCandidate]]:

@@ -100,7 +100,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
         except CursorError as e:
             abort_invalid(context, [("cursor", str(e).removeprefix("cursor ")[:300])])
         if arm.exploration is not None and self.event_log is not None:  # off-policy evaluation's record
-            log_session_ranking(self.event_log, self.pipeline, feed_request, page, request_id(),
+            log_session_ranking(self.event_log, feed_request, page, request_id(),
                                 arm.value_weights or self.config.weights_for(feed_request.surface))
         self.metrics.stage_timings(page.timings_ms)
         if served_posts := sum(i.post is not None for i in page.items):

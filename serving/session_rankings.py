@@ -10,57 +10,25 @@ value weights and exploration settings. From it `evaluation.ope_log` recomputes 
 any Plackett–Luce policy over value weights (another arm's, or a candidate's), and the page's
 events (joined by the first page's request id) give the rewards.
 
-The rest of the order comes from the pipeline itself: the first page's cursor asks it for the
-following positions of the same session, which it ranks and samples again from the same seed
-(the session's start, in the cursor), so they are the positions the client would page through.
-That reruns the pipeline once per exploring session; a page that carried its candidates' scores
-would save it.
+The ranking comes with the first page itself (`FeedPage.session`: the pipeline pages the same
+sampled order it serves), so logging it costs no second pass through the pipeline.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-
 from feedcore.events import now_ms
-from serving.cursors import CursorError
 from serving.event_log import EventLog
 from serving.page import FeedPage
-from serving.pipeline import FeedPipeline, FeedRequest
-
-logger = logging.getLogger(__name__)
-
-REST_OF_SESSION = 100_000  # page size of the one call that fetches every later position
+from serving.pipeline import FeedRequest
 
 
-def session_ranking(pipeline: FeedPipeline, request: FeedRequest, first: FeedPage) -> FeedPage | None:
-    """The whole ranking of the session `first` opened: its items and every later position's, in
-    order; None when it cannot be had exactly (a degraded page, or a model reloaded meanwhile)."""
-    items, cursor = list(first.items), first.next_cursor
-    try:
-        while cursor:
-            page = pipeline.get_feed(dataclasses.replace(request, cursor=cursor, page_size=REST_OF_SESSION))
-            if page.degraded or page.model_version != first.model_version:
-                return None
-            items += page.items
-            cursor = page.next_cursor
-    except CursorError:  # the model changed between the two calls
-        return None
-    return dataclasses.replace(first, items=items, next_cursor="")
-
-
-def log_session_ranking(event_log: EventLog, pipeline: FeedPipeline, request: FeedRequest, first: FeedPage,
+def log_session_ranking(event_log: EventLog, request: FeedRequest, first: FeedPage,
                         request_id: str, weights: dict[str, float]) -> bool:
     """Log the ranking of the exploring session whose first page is `first` (served for `request`
     with value `weights`); False when there is none to log (no exploration, a degraded page)."""
-    exploration = request.exploration
-    if exploration is None or exploration.kind == "none" or first.degraded or not first.items or request.cursor:
+    exploration, items = request.exploration, first.session
+    if exploration is None or exploration.kind == "none" or not items or request.cursor:
         return False
-    ranking = session_ranking(pipeline, request, first)
-    if ranking is None:
-        logger.info("session ranking of %s not logged: the pipeline changed or degraded", request_id)
-        return False
-    items = ranking.items
     tasks = sorted(items[0].task_scores)
     event_log.append_ranking({
         "ts": now_ms(), "user_id": request.user_id, "request_id": request_id, "experiment_arm": request.arm,

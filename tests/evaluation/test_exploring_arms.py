@@ -94,3 +94,25 @@ def test_logged_propensities_reach_the_event_log(served):
     with pytest.raises(grpc.RpcError) as e:
         stub.LogEvents(iter([bad]), metadata=[("x-api-key", key)], timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "propensity" in e.value.details()
+
+
+@pytest.mark.parametrize("exploration", [ExplorationConfig("plackett_luce", temperature=0.05, depth=5),
+                                         ExplorationConfig("epsilon_greedy", epsilon=0.5, depth=5)])
+def test_a_first_pages_session_is_the_order_its_pages_serve(sim_pipeline, exploration):
+    """FeedPage.session (what the ranking log records) against the reference: every page of the
+    session fetched through its cursors, as a client pages through it."""
+    from serving.pipeline import FeedRequest
+
+    request = FeedRequest(user_id="1", page_size=4, arm="ope/x", exploration=exploration)
+    first = sim_pipeline.get_feed(request)
+    served, cursor = list(first.items), first.next_cursor
+    while cursor:
+        page = sim_pipeline.get_feed(dataclasses.replace(request, cursor=cursor, page_size=7))
+        assert page.session is None  # only a session's first page carries it
+        served += page.items
+        cursor = page.next_cursor
+    assert len(first.session) == len(served) > 4
+    assert [i.item_id for i in first.session] == [i.item_id for i in served]
+    assert [i.propensity for i in first.session] == [i.propensity for i in served]
+    assert [i.score for i in first.session] == [i.score for i in served]
+    assert sim_pipeline.get_feed(dataclasses.replace(request, exploration=None)).session is None
