@@ -32,6 +32,14 @@ content type, gamma of Art fixed at 0). beta and gamma_office are chosen on the 
 by grid search, maximizing the smallest ratio to the most-popular baseline over HR@10 and NDCG@10,
 overall and per type (the target); test rows are scored once with them.
 
+Within type (`--within-type`, the default): each target is also ranked among the items of its own
+content type only (`evaluate_retrieval(item_groups=...)`), the C2DSR protocol's domain-specific
+ranking and what the engine serves with a per-type quota (`[candidates] ann_type_shares`, one
+faiss shard per type); the baseline is then the most popular items of that type, as the engine's
+`popular` source serves them per type. Training validates (and keeps its best epoch) under this
+protocol, and the per-type prior beta_t * log1p(events) is fitted per type on validation, as
+above.
+
 Fresh-items source (`retrieval.candidates.FreshSource`): items with no training event embedded
 from content alone, in a pool of their own. A user's 50 candidates are the top 50 - q of the
 model's scores plus the top q of the fresh pool, ordered by score; reported: cold-target HR@50
@@ -111,6 +119,29 @@ def fit_prior(users: np.ndarray, items: np.ndarray, counts: np.ndarray, type_of:
 OFFICE_INDEX: list[int] = []  # the office_product content-type index (set in main)
 
 
+def fit_type_prior(users: np.ndarray, items: np.ndarray, counts: np.ndarray, type_of: np.ndarray, target, exclude,
+                   popular: dict[str, float], row_types: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, list]:
+    """Within-type protocol: per content type t, the beta_t of `beta_t * log1p(events)` maximizing
+    the smallest ratio to `popular` (the within-type most-popular baseline) over that type's HR@10
+    and NDCG@10 on held-out rows. Returns the (N,) offset and the grid."""
+    offset, grid = np.zeros(len(counts), np.float32), []
+    for t, name in names.items():
+        rows = np.flatnonzero(row_types == name)
+        if not len(rows):
+            continue
+        tried = []
+        for beta in (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.4):
+            ranks, _ = ranks_in_chunks(users[rows], items, target[rows], [exclude[i] for i in rows],
+                                       item_offset=beta * np.log1p(counts), item_groups=type_of)
+            m = metrics_from_ranks(ranks, (10,))
+            worst = min(m[k] / max(popular[f"{name}/{k}"], 1e-9) for k in ("hr@10", "ndcg@10"))
+            tried.append({"type": name, "beta": beta, "min_ratio_to_popular": worst, "ndcg@10": m["ndcg@10"]})
+        best = max(tried, key=lambda g: (g["min_ratio_to_popular"], g["ndcg@10"]))
+        offset[type_of == t] = best["beta"] * np.log1p(counts[type_of == t])
+        grid += tried
+    return offset, grid
+
+
 def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quota: int, size: int = 50):
     """Ordered candidate lists of `size`: the model's top size - quota plus the fresh pool's top
     `quota` (content-only embeddings), merged by score. Returns (B, size) item indices."""
@@ -147,6 +178,8 @@ def main() -> None:
     parser.add_argument("--cold-fraction", type=float, default=0.1)
     parser.add_argument("--variants", nargs="+", default=["text", "no-text"], choices=["text", "no-text"])
     parser.add_argument("--fresh-quota", type=int, default=5, help="fresh items among 50 candidates")
+    parser.add_argument("--within-type", action=argparse.BooleanOptionalAction, default=True,
+                        help="validate (and so keep the epoch) within type, and add the within-type rows")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -185,11 +218,17 @@ def main() -> None:
 
     popular_valid = evaluate_retrieval(None, spec, history, split.valid)
     rows = [{"model": "most popular", **evaluate(None)}]
+    type_of = feats.content_type
+    type_names = {spec.content_types.encode_one(n): n for n in ("arts_product", "office_product")}
+    popular_valid_within = evaluate_retrieval(None, spec, history, split.valid, item_groups=type_of)
+    if args.within_type:
+        rows.append({"model": "most popular within type", "protocol": "within type",
+                     **evaluate_retrieval(None, spec, history, split.test, item_groups=type_of)})
     variants = {"text": ("sasrec + title text", True), "no-text": ("sasrec, id + type + categories", False)}
     for key in args.variants:
         name, use_text = variants[key]
         config = dataclasses.replace(BASE, text_features=use_text, max_train_minutes=args.minutes,
-                                     budget_clock=args.clock)
+                                     budget_clock=args.clock, validate_within_type=args.within_type)
         start = time.perf_counter()
         model, valid_metrics = train_retrieval(config, spec, feats, split, text=text if use_text else None,
                                                progress=False)
@@ -197,9 +236,17 @@ def main() -> None:
                    "epochs": valid_metrics["epochs"], "best_epoch": valid_metrics["best_epoch"],
                    "wall_minutes_incl_eval": (time.perf_counter() - start) / 60, "config": dataclasses.asdict(config)}
         rows.append({"model": name, **evaluate(model), **trained})
-        # The popularity prior, fitted on the validation users.
         vu, item_emb, vt, vx = heldout_inputs(model, spec, history, split.valid)
-        type_of = model.content_type.numpy()
+        if args.within_type:  # each target among its own type's items: a per-type quota's shard
+            rows.append({"model": name, "protocol": "within type",
+                         **evaluate_retrieval(model, spec, history, split.test, item_groups=type_of), **trained})
+            within, within_grid = fit_type_prior(vu, item_emb, counts, type_of, vt, vx, popular_valid_within,
+                                                 valid_groups, type_names)
+            rows.append({"model": f"{name} + per-type popularity prior", "protocol": "within type",
+                         **evaluate_retrieval(model, spec, history, split.test, item_offset=within,
+                                              item_groups=type_of),
+                         "prior": {"grid": within_grid}, **trained})
+        # The popularity prior, fitted on the validation users.
         beta, gamma, grid = fit_prior(vu, item_emb, counts, type_of, split.valid, vt, vx, popular_valid, valid_groups)
         offset = (beta * np.log1p(counts) + gamma * (type_of == OFFICE_INDEX[0])).astype(np.float32)
         rows.append({"model": f"{name} + popularity prior (beta {beta}, gamma_office {gamma})",
@@ -226,7 +273,7 @@ def main() -> None:
             "office_product/ndcg@10", "cold/hr@50", "cold/hr@200"]
     print(f"{'model':<60} " + " ".join(f"{k:>12.12}" for k in keys))
     for r in rows:
-        print(f"{r['model']:<60.60} " + " ".join(f"{r.get(k, float('nan')):12.4f}" for k in keys))
+        print(f"{r['model'] + (' [within type]' if r.get('protocol') else ''):<60.60} " + " ".join(f"{r.get(k, float('nan')):12.4f}" for k in keys))
     print(f"{len(cold)} cold items, {test_cold.height} test targets that are cold items; wrote {args.out}")
 
 

@@ -37,9 +37,11 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,10 @@ class SimulationConfig:
     like_rating: float = 4.0
     p_hide: float = 0.005
     watch_s_mean: float = 90.0
+    favourite_categories: int = 3
+    p_post_base: float = 0.05
+    p_post_taste: float = 0.6
+    p_post_off_taste_hide: float = 0.2
     p_next_page: float = 0.6
     workers: int = 4  # concurrent simulated users
     max_requests: int = 20_000
@@ -88,7 +94,8 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if not 0 < self.future_share < 1:
             raise ValueError(f"future_share must be in (0, 1), got {self.future_share}")
-        for name in ("p_click_future", "p_click_other", "p_like", "p_hide", "p_next_page"):
+        for name in ("p_click_future", "p_click_other", "p_like", "p_hide", "p_next_page", "p_post_base",
+                     "p_post_taste", "p_post_off_taste_hide"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
 
@@ -113,7 +120,8 @@ def split_futures(events: pl.DataFrame, future_share: float, min_past: int,
     order = [c for c in ("ts", "seq") if c in events.columns]
     ev = events.with_row_index("_row").sort(["user_id", *order, "_row"])
     ev = ev.with_columns(_pos=pl.int_range(pl.len()).over("user_id"))  # time order within the user
-    eligible = pl.col("event").is_in(history_events) if history_events else pl.lit(True)
+    # Every event when none are named (a column expression: a literal True would sum to 1 per user).
+    eligible = pl.col("event").is_in(history_events) if history_events else pl.col("event").is_not_null()
     ranked = ev.with_columns(
         _k=pl.when(eligible).then(pl.col("_pos")).otherwise(None).rank("ordinal", descending=True).over("user_id"),
         _n=eligible.sum().over("user_id"),
@@ -171,16 +179,70 @@ def user_rng(seed: int, user_id: str, phase: str) -> np.random.Generator:
                                                 "big"))
 
 
-def respond(items, future: dict[str, float], sim: SimulationConfig, rng: np.random.Generator) -> list[tuple]:
+@dataclasses.dataclass(frozen=True)
+class PostTaste:
+    """How a simulated user answers generated posts (see the module doc): their favourite
+    categories (lower case) and the catalogue's category names as a whole-word pattern."""
+
+    favourites: frozenset[str]
+    categories: re.Pattern
+
+    def mentioned(self, text: str) -> frozenset[str]:
+        """The catalogue categories `text` names (lower case)."""
+        return frozenset(m.lower() for m in self.categories.findall(text))
+
+    def probabilities(self, text: str, sim: SimulationConfig) -> tuple[float, float]:
+        """(p_click, p_hide) of a looked-at post with this text.
+
+        >>> taste = PostTaste(frozenset({"comedy"}), category_pattern(["Comedy", "Drama"]))
+        >>> taste.probabilities("A comedy and a drama.", SimulationConfig())
+        (0.25, 0.07166666666666667)
+        """
+        mentioned = self.mentioned(text)
+        hits = len(mentioned & self.favourites)
+        share = 1.0 / (len(mentioned) + 1)
+        return (sim.p_post_base + sim.p_post_taste * hits * share,
+                sim.p_hide + sim.p_post_off_taste_hide * (len(mentioned) - hits) * share)
+
+
+def category_pattern(categories) -> re.Pattern:
+    """Whole-word, case-insensitive pattern of category names (longest first)."""
+    names = sorted({c for c in categories if c and not c.startswith("(")}, key=len, reverse=True)
+    return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", re.I)
+
+
+def post_tastes(futures: dict[str, dict[str, float]], items: pl.DataFrame, k: int) -> dict[str, PostTaste]:
+    """Each user's `PostTaste`: the `k` categories most frequent among their future items."""
+    categories = dict(zip(items["item_id"].to_list(), items["categories"].to_list(), strict=True))
+    pattern = category_pattern(c for cs in categories.values() for c in (cs or []))
+    out = {}
+    for user, future in futures.items():
+        counts = Counter(c.lower() for item in future for c in (categories.get(item) or []) if not c.startswith("("))
+        out[user] = PostTaste(frozenset(c for c, _ in counts.most_common(k)), pattern)
+    return out
+
+
+def respond(items, future: dict[str, float], sim: SimulationConfig, rng: np.random.Generator,
+            taste: PostTaste | None = None) -> list[tuple]:
     """The simulated user's events for one page: (item, event, value) in the order they happen.
 
     `items` are the page's FeedItems; `future` is updated (an engaged future item is consumed).
+    With `taste`, generated posts are answered by their text (`PostTaste`).
     """
     out = []
     for item in items:
         out.append((item, "impression", 0.0))
         if rng.random() >= 1.0 / (1.0 + sim.examine_decay * item.position):
             continue  # not looked at
+        if taste is not None and item.content_type == "generated":
+            p_click, p_hide = taste.probabilities(item.text, sim)
+            if rng.random() < p_click:
+                out.append((item, "click", 0.0))
+                if taste.mentioned(item.text) & taste.favourites and rng.random() < sim.p_like:
+                    out.append((item, "like", 0.0))
+            elif rng.random() < p_hide:
+                out.append((item, "hide", 0.0))
+            continue
         in_future = item.item_id in future
         if rng.random() < (sim.p_click_future if in_future else sim.p_click_other):
             out.append((item, "click", 0.0))
@@ -217,7 +279,7 @@ class _Budget:
 
 def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, rng: np.random.Generator,
              api_key: str, overrides: dict[str, str], budget: _Budget,
-             contexts: dict[str, frozenset[str]] | None) -> None:
+             contexts: dict[str, frozenset[str]] | None, taste: PostTaste | None = None) -> None:
     from feedcore.proto.feed.v1 import feed_pb2
 
     cursor = ""
@@ -231,7 +293,7 @@ def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, r
         events = [feed_pb2.Event(user_id=user, item_id=i.item_id, content_type=i.content_type, event=e, value=v,
                                  request_id=page.request_id, position=i.position, source=i.source,
                                  experiment_arm=page.experiment_arm, propensity=i.propensity)
-                  for i, e, v in respond(page.items, future, sim, rng)]
+                  for i, e, v in respond(page.items, future, sim, rng, taste)]
         if events:
             stub.LogEvents(iter(events), metadata=[("x-api-key", api_key)], timeout=30)
             with budget._lock:
@@ -242,8 +304,11 @@ def _session(stub, user: str, future: dict[str, float], sim: SimulationConfig, r
 
 
 def run_simulation(address: str, futures: dict[str, dict[str, float]], sim: SimulationConfig, experiment: str,
-                   control: str, api_key: str, contexts: dict[str, frozenset[str]] | None = None) -> SimulationRun:
+                   control: str, api_key: str, contexts: dict[str, frozenset[str]] | None = None,
+                   tastes: dict[str, PostTaste] | None = None) -> SimulationRun:
     """Drive the server at `address` (host:port): a pre-period on `control`, then the experiment.
+    With `tastes` (`post_tastes`), users answer generated posts by their text; without, a post is
+    answered like any item outside the user's future.
 
     Users are those with a future (the first `sim.users` by id when set); returns the experiment
     window in the server's clock (this process shares it: the server runs on loopback). With
@@ -266,7 +331,8 @@ def run_simulation(address: str, futures: dict[str, dict[str, float]], sim: Simu
             def one(user: str) -> None:
                 rng = user_rng(sim.seed, user, name)
                 for _ in range(sessions):
-                    _session(stub, user, state[user], sim, rng, api_key, overrides, budget, contexts)
+                    _session(stub, user, state[user], sim, rng, api_key, overrides, budget, contexts,
+                             (tastes or {}).get(user))
 
             with concurrent.futures.ThreadPoolExecutor(sim.workers) as pool:
                 for f in [pool.submit(one, u) for u in users]:

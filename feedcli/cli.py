@@ -3,6 +3,7 @@
     feed data prepare   --config configs/demo.toml
     feed train retrieval --config configs/demo.toml
     feed train ranker   --config configs/demo.toml [--from-logs artifacts/ml-latest-small/event_log [DIR ...]]
+    feed train critic   --config configs/demo.toml [--from-logs DIR ...]   (generated posts' reward model)
     feed index build    --config configs/demo.toml
     feed serve          --config configs/demo.toml [--port 50051] [--processes 2]
     feed serve-generation --config configs/demo.toml [--address unix:///tmp/gen.sock | 0.0.0.0:50061]
@@ -80,6 +81,15 @@ def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> None:
     ckpt, metrics = train_ranker_job(config, from_logs=getattr(args, "from_logs", None))
     if ckpt is not None:  # under torchrun, rank 0 reports
         print(json.dumps({"version": ckpt.version, "valid": metrics}))
+
+
+def cmd_train_critic(config: EngineConfig, args: argparse.Namespace) -> None:
+    from generation.engagement import train_critic_job
+
+    model = train_critic_job(config, args.from_logs or ())
+    print(json.dumps({"critic": str(config.critic_path) if model else None,
+                      "impressions": model.impressions if model else 0, "engaged": model.engaged if model else 0,
+                      "note": "fit" if model else "too few logged post impressions: the value proxy stays"}))
 
 
 def cmd_index_build(config: EngineConfig, args: argparse.Namespace) -> None:
@@ -250,11 +260,13 @@ def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
     from evaluation.simulator import (
         SimulatedOPE,
         SimulationConfig,
+        post_tastes,
         prepare_simulation,
         run_simulation,
         simulation_report,
         train_engine,
     )
+    from feedcore.datasets import load_dataset
     from feedcore.events import read_event_log, read_rankings
     from serving.experiments import load_experiment
 
@@ -264,9 +276,11 @@ def cmd_ab_simulate(config: EngineConfig, args: argparse.Namespace) -> None:
     engine, futures = prepare_simulation(config, sim, args.workdir, args.experiment)
     train_engine(engine)
     contexts: dict[str, frozenset[str]] = {}  # the simulator's truth of each first page, for OPE
+    tastes = post_tastes(futures, load_dataset(engine.data.dataset, engine.data.raw_root).items,
+                         sim.favourite_categories)  # generated posts answered by what they say
     with _local_server(engine) as address:
         run = run_simulation(address, futures, sim, experiment.name, experiment.arms[0].name,
-                             engine.serving.api_keys[0], contexts)
+                             engine.serving.api_keys[0], contexts, tastes)
     ope = SimulatedOPE(read_rankings(engine.event_log_dir), contexts,
                        arm_policies(experiment, engine.serving.weights_for("home")))
     path = simulation_report(read_event_log(engine.event_log_dir), experiment.name, _arm_shares(experiment), run,
@@ -283,6 +297,7 @@ COMMANDS = {
     ("data", "prepare"): cmd_prepare,
     ("train", "retrieval"): cmd_train_retrieval,
     ("train", "ranker"): cmd_train_ranker,
+    ("train", "critic"): cmd_train_critic,
     ("index", "build"): cmd_index_build,
     ("serve",): cmd_serve,
     ("serve-generation",): cmd_serve_generation,
@@ -305,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
         p.set_defaults(key=key)
 
-    for group, actions in (("data", ["prepare"]), ("train", ["retrieval", "ranker"]), ("index", ["build"])):
+    for group, actions in (("data", ["prepare"]), ("train", ["retrieval", "ranker", "critic"]), ("index", ["build"])):
         g = sub.add_parser(group).add_subparsers(dest="action", required=True)
         for action in actions:
             action_parser = g.add_parser(action)
@@ -314,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                 action_parser.add_argument("--from-logs", default=None, metavar="DIR", nargs="+",
                                            help="also train on the served traffic in these event log directories "
                                                 "(a server's event_log_dir; with --processes, all its processes')")
+            if (group, action) == ("train", "critic"):
+                action_parser.add_argument("--from-logs", default=None, metavar="DIR", nargs="+",
+                                           help="the event log directories of the served posts (default: the "
+                                                "config's event_log_dir)")
     serve_parser = sub.add_parser("serve", help="run the gRPC feed service")
     add(serve_parser, ("serve",))
     serve_parser.add_argument("--port", type=int, default=None, help="override serving.port (0 = free port)")

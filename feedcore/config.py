@@ -87,6 +87,9 @@ class RetrievalConfig:
     # returned, and training stops after `patience` validations without improvement (0: never).
     validate_every: int = 1
     patience: int = 0
+    # Rank each validation target among the items of its own content type only: the protocol of a
+    # feed that retrieves each type from its own shard (`[candidates] ann_type_shares`).
+    validate_within_type: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     index_factory: str = "Flat"  # any faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF1024,PQ16
@@ -288,6 +291,11 @@ class EngineConfig:
     @property
     def splits_dir(self) -> Path:
         return Path(self.artifacts_dir) / "splits"
+
+    @property
+    def critic_path(self) -> Path:
+        """The learned critic of generated posts (`feed train critic`; generation.engagement)."""
+        return Path(self.artifacts_dir) / "critic" / "engagement.npz"
 
     @property
     def retrieval_path(self) -> Path:

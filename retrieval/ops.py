@@ -119,13 +119,16 @@ def ranks_in_chunks(
     exclude: Sequence[np.ndarray],  # per row, columns removed before ranking (never the target)
     *,
     item_offset: np.ndarray | None = None,  # (N,) added to every row's scores (a prior)
+    item_groups: np.ndarray | None = None,  # (N,) ints: rank each target within its own group only
     top_k: int = 0,
     chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """0-based rank of each row's target among all N items, ties counted against the target, as
     `feedcore.metrics.rank_of_target` gives on the dense matrix; with `top_k`, also each row's
     (B, K) best columns. Scores are float32 and exist for `chunk` rows at a time, so memory is
-    O(chunk × N + B × K), not O(B × N).
+    O(chunk × N + B × K), not O(B × N). With `item_groups` (e.g. content types), a target is ranked
+    among the items of its own group only, as a per-type candidate quota serves each type from its
+    own shard.
 
     Example:
         >>> ranks, top = ranks_in_chunks(np.eye(3, dtype="float32"), np.eye(3, dtype="float32"),
@@ -136,6 +139,7 @@ def ranks_in_chunks(
     n = len(items) if items is not None else len(item_offset)
     item_t = torch.from_numpy(np.ascontiguousarray(items, np.float32)) if items is not None else None
     offset_t = torch.from_numpy(np.asarray(item_offset, np.float32)) if item_offset is not None else None
+    groups_t = torch.from_numpy(np.asarray(item_groups, np.int64)) if item_groups is not None else None
     ranks = np.empty(len(target), np.int64)
     tops = np.empty((len(target), min(top_k, n)), np.int64) if top_k else None
     for s in range(0, len(target), chunk):
@@ -149,6 +153,8 @@ def ranks_in_chunks(
             scores += offset_t
         tgt = torch.from_numpy(np.array(target[rows], np.int64))
         r = torch.arange(b)
+        if groups_t is not None:
+            scores.masked_fill_(groups_t[None, :] != groups_t[tgt][:, None], float("-inf"))
         target_score = scores[r, tgt].clone()
         cols = [np.asarray(c, np.int64) for c in exclude[rows.start : rows.stop]]
         if cols:

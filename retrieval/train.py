@@ -216,6 +216,7 @@ def train_retrieval(
     total_steps = config.epochs * steps_per_epoch
     budget = config.max_train_minutes * 60.0
     validate = config.validate_every > 0 and split.valid.height > 0
+    groups = item_features.content_type if config.validate_within_type else None
 
     clock = clock or budget_clock(config.budget_clock)
     wall_start, start = time.perf_counter(), clock()
@@ -257,7 +258,7 @@ def train_retrieval(
         if validate and steps and ((epoch + 1) % config.validate_every == 0 or stopped != "epochs"
                                    or epoch + 1 == config.epochs):
             begun, wall_begun = clock(), time.perf_counter()
-            metrics = evaluate_retrieval(model, spec, split.train, split.valid)
+            metrics = evaluate_retrieval(model, spec, split.train, split.valid, item_groups=groups)
             validation_cost = clock() - begun
             validation_seconds += validation_cost
             validation_wall += time.perf_counter() - wall_begun
@@ -281,7 +282,7 @@ def train_retrieval(
         model.load_state_dict(best["state"])
         metrics, best_epoch = best["metrics"], best["epoch"]
     else:
-        metrics, best_epoch = evaluate_retrieval(model, spec, split.train, split.valid), epochs_run
+        metrics, best_epoch = evaluate_retrieval(model, spec, split.train, split.valid, item_groups=groups), epochs_run
     metrics = dict(metrics)
     metrics.update(train_seconds=train_seconds, wall_seconds=wall_seconds, validation_seconds=validation_seconds,
                    epochs=float(epochs_run), best_epoch=float(best_epoch), steps=float(step),
@@ -300,6 +301,7 @@ def evaluate_retrieval(
     ks: tuple[int, ...] = (10, 50, 200),
     *,
     item_offset: np.ndarray | None = None,
+    item_groups: np.ndarray | None = None,
     chunk: int = 1024,
 ) -> dict[str, float]:
     """Full-ranking HR@K / NDCG@10 of each user's held-out item, their history items excluded;
@@ -307,12 +309,14 @@ def evaluate_retrieval(
 
     With `model` None, the most-popular baseline under the same protocol (items scored by their
     number of `history` events). `item_offset` (N,) is added to every item's score (a prior).
+    With `item_groups` (N,) (e.g. `ItemFeatures.content_type`) each target is ranked among the items
+    of its own group only: what `[candidates] ann_type_shares` serves, a shard per content type.
     Scores exist for `chunk` held-out rows at a time (float32), so memory does not grow with
     rows x items.
     """
     if heldout.height == 0:
         return {}
-    ranks = heldout_ranks(model, spec, history, heldout, item_offset=item_offset, chunk=chunk)
+    ranks = heldout_ranks(model, spec, history, heldout, item_offset=item_offset, item_groups=item_groups, chunk=chunk)
     types = heldout["content_type"].to_numpy() if "content_type" in heldout.columns else None
     groups = types if types is not None and len(np.unique(types)) > 1 else None
     return metrics_from_ranks(ranks, ks, groups)
@@ -320,14 +324,15 @@ def evaluate_retrieval(
 
 def heldout_ranks(
     model: TwoTower | None, spec: FeatureSpec, history: pl.DataFrame, heldout: pl.DataFrame, *,
-    item_offset: np.ndarray | None = None, chunk: int = 1024,
+    item_offset: np.ndarray | None = None, item_groups: np.ndarray | None = None, chunk: int = 1024,
 ) -> np.ndarray:
     """(B,) 0-based full-ranking rank of each held-out row's item (`retrieval.ops.ranks_in_chunks`)."""
     queries, items, target, exclude = heldout_inputs(model, spec, history, heldout)
     if model is None:
         item_offset = items if item_offset is None else items + item_offset
         items = None
-    ranks, _ = ranks_in_chunks(queries, items, target, exclude, item_offset=item_offset, chunk=chunk)
+    ranks, _ = ranks_in_chunks(queries, items, target, exclude, item_offset=item_offset, item_groups=item_groups,
+                               chunk=chunk)
     return ranks
 
 

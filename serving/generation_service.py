@@ -22,6 +22,7 @@ import numpy as np
 from feedcore.config import EngineConfig
 from feedcore.text import load_text_encoder
 from generation.critic import Critic
+from generation.engagement import EngagementModel
 from generation.grounding import Catalog
 from generation.guardrails import Guardrails
 from generation.interface import SourceItem
@@ -76,14 +77,22 @@ class ServedModels:
 
 def make_post_writer(engine: EngineConfig, pipeline: FeedPipeline | None = None) -> tuple[PostWriter, ServedModels]:
     """The service's writer: the language model (converted weights cached under
-    `engine.llm_cache_dir`), grounded in the served catalogue, guarded, with the served ranker as
-    the critic's value (the pipeline is loaded from `engine`'s artifacts when not given)."""
+    `engine.llm_cache_dir`), grounded in the served catalogue, guarded, with the critic's value
+    learned from engagement (`feed train critic`, `engine.critic_path`) when trained, else the
+    served ranker's value of the post (the pipeline is loaded from `engine`'s artifacts when not
+    given)."""
     config = engine.generation
     served = ServedModels(pipeline if pipeline is not None else FeedPipeline.from_artifacts(engine),
                           TextEmbeddings(load_text_encoder()))
     lm = make_language_model(config, engine.llm_cache_dir)
+    value_fn = served.value  # the value model's proxy: the cold start
+    if engine.critic_path.is_file():  # the reward model learned from engagement with posts
+        learned = EngagementModel.load(engine.critic_path)
+        logger.info("generation service: critic learned from %d post impressions (%s)", learned.impressions,
+                    engine.critic_path)
+        value_fn = learned.value_fn(served.text_embeddings)
     served.writer = PostWriter(lm, grounding_catalog(served.pipeline), Guardrails(config.guardrails), config,
-                               Critic(lm, value_fn=served.value))
+                               Critic(lm, value_fn=value_fn))
     return served.writer, served
 
 

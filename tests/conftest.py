@@ -44,6 +44,12 @@ def tiny_engine_config(artifacts_dir: Path, **serving):
 
 
 @pytest.fixture(scope="session")
+def engine_config():
+    """`tiny_engine_config`, for tests that prepare or train an engine of their own."""
+    return tiny_engine_config
+
+
+@pytest.fixture(scope="session")
 def trained_engine(tmp_path_factory):
     """Real artifacts on the bundled dataset: prepared tables, both models, the faiss index."""
     from feedcore.prepare import prepare_data

@@ -8,7 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evaluation.simulator import SimulationConfig, respond, run_simulation, simulation_report, split_futures
+from evaluation.simulator import (
+    SimulationConfig,
+    post_tastes,
+    respond,
+    run_simulation,
+    simulation_report,
+    split_futures,
+)
 from feedcore.events import read_event_log
 from serving.event_log import EventLog
 from serving.experiments import load_experiment
@@ -23,6 +30,28 @@ def test_futures_are_each_users_latest_interactions():
     past, futures = split_futures(events, 0.2, min_past=5, history_events=("rating",))
     assert futures == {"a": {"i0": 5.0, "i1": 5.0}}  # a's two latest (ts 10 and 9); b keeps all three
     assert past.height == 11 and not past.filter(pl.col("item_id").is_in(["i0", "i1"])).height
+    every_past, every_future = split_futures(events, 0.2, min_past=5)  # no history_events: every event counts
+    assert every_future == futures and every_past.equals(past)
+
+
+def test_generated_posts_are_answered_by_what_they_say():
+    """A post naming the user's favourite genre is clicked at p_post_base + p_post_taste / 2, one
+    naming another genre at p_post_base and hidden at p_hide + p_post_off_taste_hide / 2."""
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "categories": [["Comedy"], ["Comedy", "Drama"], ["Horror"]]})
+    taste = post_tastes({"u": {"a": 5.0, "b": 4.0}}, items, k=1)["u"]
+    assert taste.favourites == {"comedy"} and taste.mentioned("A COMEDY, not a horror-comedy.") == {"comedy"}
+    sim = SimulationConfig(examine_decay=0.0, p_hide=0.0)
+    rng = np.random.default_rng(0)
+
+    def rates(text):
+        post = [SimpleNamespace(item_id="gen:u:1", position=0, content_type="generated", text=text)]
+        events = [e for _ in range(4000) for _, e, _ in respond(post, {}, sim, rng, taste)]
+        return events.count("click") / 4000, events.count("hide") / 4000
+
+    click, hide = rates("A comedy for tonight.")
+    assert abs(click - (0.05 + 0.6 / 2)) < 0.025 and hide == 0
+    click, hide = rates("A horror for tonight.")
+    assert abs(click - 0.05) < 0.015 and abs(hide - 0.95 * 0.1) < 0.015
 
 
 def _items(ids, start=0):

@@ -79,6 +79,15 @@ def test_chunked_ranks_match_the_dense_reference_with_ties_and_exclusions():
     counts = rng.integers(0, 5, 80).astype(np.float32)
     np.testing.assert_array_equal(ranks_in_chunks(None, None, target, exclude, item_offset=counts, chunk=11)[0],
                                   rank_of_target(np.broadcast_to(counts, (300, 80)), target, exclude))
+    # Within a group (a per-type shard): the rank among the target's own group's items only,
+    # i.e. the dense reference on each group's columns alone.
+    groups = rng.integers(0, 3, 80)
+    within = ranks_in_chunks(queries, items, target, exclude, item_groups=groups, chunk=7)[0]
+    for r in range(300):
+        cols = np.flatnonzero(groups == groups[target[r]])
+        keep = np.setdiff1d(cols, exclude[r])
+        keep = np.union1d(keep, [target[r]])
+        assert within[r] == int((dense[r, keep] >= dense[r, target[r]]).sum()) - 1
 
 
 @pytest.fixture(scope="module")
