@@ -69,6 +69,9 @@ class FeedRequest:
     # Generated posts ready for this user (`serving.generated_posts`); ranked like any candidate.
     # Only posts written before the session started take part, so later pages never shift.
     posts: tuple[PostCandidate, ...] = ()
+    # An exploring session's first page carries the whole sampled order (`FeedPage.session`) only
+    # when it will be logged (`serving.session_rankings`): a server with no event log skips it.
+    log_session: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +238,8 @@ class FeedPipeline:
 
         items, next_cursor = page(offset, request.page_size)
         exploring = request.exploration is not None and request.exploration.kind != "none"
-        session = page(0, len(order))[0] if exploring and offset == 0 and not degraded else None
+        logged = exploring and request.log_session and offset == 0 and not degraded
+        session = page(0, len(order))[0] if logged else None
         return FeedPage(items, next_cursor, self.model_version, clock.total(), degraded, session)
 
     def _candidates(self, request: FeedRequest,

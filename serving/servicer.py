@@ -95,6 +95,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
                 surface=request.surface or "home", arm=arm_label, value_weights=arm.value_weights, blend=arm.blend,
                 recently_seen=self.recently_seen, exploration=arm.exploration,
                 posts=self.posts.ready(request.user_id) if self.posts is not None else (),
+                log_session=self.event_log is not None,
             )
             page = self._run_pipeline(context, feed_request)
         except CursorError as e:
