@@ -30,15 +30,9 @@ import polars as pl
 
 from evaluation.compare import HeldOut, HeldOutScores
 from evaluation.ope import plackett_luce_conditionals, plackett_luce_value, policy_inputs
+from feedcore.events import LOG_SCHEMA
 from serving.experiments import Arm, Experiment
 from serving.mixing.exploration import plackett_luce_sample
-
-LOG_COLUMNS: dict[str, pl.DataType] = {
-    "user_id": pl.String(), "item_id": pl.String(), "content_type": pl.String(), "ts": pl.Int64(),
-    "seq": pl.Int64(), "event": pl.String(), "value": pl.Float64(), "request_id": pl.String(),
-    "position": pl.Int32(), "surface": pl.String(), "experiment_arm": pl.String(), "source": pl.String(),
-    "propensity": pl.Float64(),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +55,7 @@ class PlantedAB:
 
 
 def planted_ab_log(plan: PlantedAB, assign: Callable[[str], str]) -> pl.DataFrame:
-    """An event log (one row per event, `LOG_COLUMNS`) generated from `plan`; `assign` maps a user
+    """An event log (one row per event, `feedcore.events.LOG_SCHEMA`) generated from `plan`; `assign` maps a user
     id to its arm's name.
 
     Each user has a latent activity a (impressions ~ Poisson(a · impressions_per_user)) and taste
@@ -126,8 +120,8 @@ def planted_ab_log(plan: PlantedAB, assign: Callable[[str], str]) -> pl.DataFram
     log = pl.concat(frames, how="vertical_relaxed").sort("ts")
     return log.with_columns(
         seq=pl.int_range(1, log.height + 1, dtype=pl.Int64), surface=pl.lit("home"), source=pl.lit("ann"),
-        propensity=pl.lit(0.0),
-    ).select([pl.col(c).cast(t) for c, t in LOG_COLUMNS.items()])
+        propensity=pl.lit(0.0), event_id=pl.lit(None, pl.String),
+    ).select([pl.col(c).cast(t) for c, t in LOG_SCHEMA.items()])
 
 
 @dataclasses.dataclass(frozen=True)
