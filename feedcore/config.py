@@ -138,6 +138,9 @@ class CandidatesConfig:
     ann: int = 200  # nearest items to the user embedding
     # Content type -> share of `ann` searched in that type's shard; empty: one search over all types.
     ann_type_shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Content type -> beta: an ann item's score gains beta x log1p(its training events), a popularity
+    # prior fitted on validation (benchmarks/retrieval_amazon.py); empty: none.
+    ann_popularity_prior: dict[str, float] = dataclasses.field(default_factory=dict)
     social: int = 50  # items engaged by accounts the user follows (datasets with a follow graph)
     follow: int = 20  # accounts followed by the accounts the user follows
     popular: int = 50  # trending per content type

@@ -93,12 +93,14 @@ class CandidateSource(Protocol):
 
 class AnnSource:
     """Nearest items to the user tower's embedding; `type_shares` splits `k` across content types
-    in proportion to the shares (each type searched in its own shard)."""
+    in proportion to the shares (each type searched in its own shard). With `prior` ((N,) per
+    vocabulary index, `popularity_prior`), an item's score is its inner product plus its prior:
+    each search asks for `PRIOR_OVERSAMPLE` x its quota and keeps the best by that score."""
 
     name = "ann"
 
     def __init__(self, model: TwoTower, index: ItemIndex, spec: FeatureSpec,
-                 type_shares: dict[str, float] | None = None) -> None:
+                 type_shares: dict[str, float] | None = None, prior: np.ndarray | None = None) -> None:
         self.model = model
         self.index = index
         self.spec = spec
@@ -107,6 +109,7 @@ class AnnSource:
             raise ValueError(f"candidates.ann_type_shares name content type(s) {unknown} that the index does not hold "
                              f"(it holds {index.content_types})")
         self.type_shares = type_shares or {}
+        self.prior = prior
 
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         if not len(user.history):
@@ -115,12 +118,34 @@ class AnnSource:
                  embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
                              pad_histories([user.history], self.spec.max_history)))
         if not self.type_shares:
-            return _search(self.index, query, k, None, exclude)
+            return self._search(query, k, None, exclude)
         total = sum(self.type_shares.values())
         out = []
         for content_type, share in self.type_shares.items():
-            out += _search(self.index, query, max(1, round(k * share / total)), content_type, exclude)
+            out += self._search(query, max(1, round(k * share / total)), content_type, exclude)
         return sorted(out, key=lambda c: -c[1])[:k]
+
+    def _search(self, query: np.ndarray, k: int, content_type: str | None, exclude: set[str]) -> list[Found]:
+        if self.prior is None:
+            return _search(self.index, query, k, content_type, exclude)
+        found = _search(self.index, query, k * PRIOR_OVERSAMPLE, content_type, exclude)
+        offsets = self.prior[self.spec.items.encode([i for i, _, _ in found])]
+        rescored = [(i, float(score + offset), t) for (i, score, t), offset in zip(found, offsets, strict=True)]
+        return sorted(rescored, key=lambda c: -c[1])[:k]
+
+
+PRIOR_OVERSAMPLE = 4
+
+
+def popularity_prior(model: TwoTower, spec: FeatureSpec, events: pl.DataFrame, betas: dict[str, float]) -> np.ndarray:
+    """(N,) per vocabulary index: beta of the item's content type x log1p(its `events`), the learned
+    popularity prior of `[candidates] ann_popularity_prior` (types not named: 0)."""
+    counts = np.bincount(spec.items.encode(events["item_id"]), minlength=len(spec.items)).astype(np.float32)
+    types = model.content_type.cpu().numpy()
+    beta = np.zeros(len(spec.content_types) + 1, np.float32)
+    for name, value in betas.items():
+        beta[spec.content_types.encode_one(name)] = value
+    return beta[types] * np.log1p(counts)
 
 
 class FreshSource(AnnSource):
@@ -300,13 +325,14 @@ def make_candidate_generator(
     """The sources `config` asks for, in order ann → social → follow → fresh → popular (the
     fallback). Popularity and the fresh items' event counts read the history events; the social
     sources (left out when the data has no follow graph) see every event and edge."""
+    events = select_events(data.events, history_events)
+    prior = popularity_prior(model, spec, events, config.ann_popularity_prior) if config.ann_popularity_prior else None
     sources: list[tuple[CandidateSource, int]] = [
-        (AnnSource(model, index, spec, config.ann_type_shares or None), config.ann)]
+        (AnnSource(model, index, spec, config.ann_type_shares or None, prior), config.ann)]
     graph = SocialGraph(data.edges, data.events, data.items)
     if graph:
         catalog = set(data.items.filter(pl.col("content_type") == ACCOUNT)["item_id"].to_list())
         sources += [(SocialSource(graph), config.social), (FollowSource(graph, catalog), config.follow)]
-    events = select_events(data.events, history_events)
     if config.fresh > 0:
         items = fresh_items(spec, events, config.fresh_max_events)
         if len(items):

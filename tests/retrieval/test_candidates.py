@@ -24,6 +24,7 @@ from retrieval.candidates import (
     fresh_index,
     fresh_items,
     make_candidate_generator,
+    popularity_prior,
 )
 from retrieval.embed import embed_items, embed_users
 from retrieval.index import ItemIndex
@@ -118,6 +119,37 @@ def test_ann_type_shares_search_each_content_type_shard():
     assert source.candidates(NOBODY, 8, set()) == []  # no history: nothing to search with
     with pytest.raises(ValueError, match=r"ann_type_shares name content type\(s\) \['z'\]"):
         AnnSource(model, index, spec, {"z": 1.0})
+
+
+def test_the_popularity_prior_reranks_each_search_by_score_plus_prior():
+    torch.manual_seed(0)
+    model = _tiny_model("mean", n_items=30).eval()
+    model.id_row = torch.arange(30)
+    items = np.arange(1, 30)
+    ids = [f"i{i}" for i in items]
+    types = ["abc"[t] for t in model.content_type[items].tolist()]
+    index = ItemIndex.build(embed_items(model, items), ids, types, "Flat", model_version="m")
+    spec = FeatureSpec(Vocabulary(("u",)), Vocabulary(tuple(ids)), Vocabulary(("a", "b", "c")), Vocabulary(()), 6)
+    plain = AnnSource(model, index, spec, {"b": 1.0}).candidates(_user("u"), 12, set())
+    # A zero prior changes nothing; a prior on the 3rd best b item lifts it to the top, its score
+    # the inner product plus the prior, the rest in their order.
+    zero = AnnSource(model, index, spec, {"b": 1.0}, np.zeros(31, np.float32)).candidates(_user("u"), 12, set())
+    assert zero == plain
+    lifted = plain[2][0]
+    prior = np.zeros(31, np.float32)
+    prior[spec.items.encode_one(lifted)] = 100.0
+    got = AnnSource(model, index, spec, {"b": 1.0}, prior).candidates(_user("u"), 3, set())
+    assert [i for i, _, _ in got] == [lifted, plain[0][0], plain[1][0]]
+    assert got[0][1] == pytest.approx(plain[2][1] + 100.0)
+    # popularity_prior: beta of the item's type (as the model's item features encode it) x
+    # log1p(events), other types 0.
+    other = next(i for i in ids if i != lifted)
+    events = pl.DataFrame({"item_id": [lifted] * 3 + [other], "event": ["rating"] * 4})
+    type_of = {i: spec.content_types.decode(int(model.content_type[spec.items.encode_one(i)])) for i in (lifted, other)}
+    betas = popularity_prior(model, spec, events, {type_of[lifted]: 0.5})
+    assert betas[spec.items.encode_one(lifted)] == pytest.approx(0.5 * np.log(4))
+    assert betas[spec.items.encode_one(other)] == pytest.approx(0.5 * np.log(2) if type_of[other] == type_of[lifted] else 0)
+    assert betas.sum() == pytest.approx(betas[spec.items.encode_one(lifted)] + betas[spec.items.encode_one(other)])
 
 
 class _Fixed:
