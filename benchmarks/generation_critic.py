@@ -3,8 +3,9 @@
     nice -n 5 .venv/bin/python benchmarks/generation_critic.py [--users 200] [--candidates 4]
 
 **A simulation.** ml-latest-small is split as `feed ab simulate` splits it
-(`evaluation.simulator.split_futures`: each user's latest 20% of ratings are their future, unseen
-by the engine). Simulated users answer a generated post by what it says (`PostTaste`: a post whose
+(`evaluation.simulator.prepare_simulation` with configs/demo.toml: each user's latest 20% of
+ratings are their future, unseen by the engine), and the demo engine is trained on the past only
+(`train_engine`), as the service would have it. Simulated users answer a generated post by what it says (`PostTaste`: a post whose
 genre words are among the user's three favourite genres of their future is clicked more, one that
 talks of other genres is hidden more; the module doc of `evaluation.simulator` gives the model).
 
@@ -20,8 +21,9 @@ talks of other genres is hidden more; the module doc of `evaluation.simulator` g
    expected engagement (probability of a click, given the post is looked at) of the pick, averaged
    over users, with a paired bootstrap 95% interval of each difference:
    - random: the mean over the user's candidates;
-   - today's critic: `Critic(lm)`, value 0 + 0.1 x fluency (the service adds the ranker's value of
-     the post as an item, which needs a trained ranker; `generation_eval` runs without one too);
+   - today's critic: the service's, `Critic(lm, value_fn=served value)`: the trained ranker's
+     value-model score of the post as an item (`FeedPipeline.score_posts`) + 0.1 x fluency
+     (`--no-ranker`: fluency alone);
    - learned: `Critic(lm, value_fn=model.value_fn(embed))`, P(engage) + 0.1 x fluency;
    - oracle: the best candidate under the simulator (the ceiling).
 
@@ -36,6 +38,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,12 +48,19 @@ import polars as pl
 import torch
 from generation_eval import user_requests  # benchmarks/ is the script's directory
 
-from evaluation.simulator import SimulationConfig, post_tastes, respond, split_futures, user_rng
-from feedcore.config import GenerationConfig
-from feedcore.datasets import DATASETS, load_dataset
+from evaluation.simulator import (
+    SimulationConfig,
+    post_tastes,
+    prepare_simulation,
+    respond,
+    train_engine,
+    user_rng,
+)
+from feedcore.config import GenerationConfig, load_config
+from feedcore.datasets import load_dataset
 from feedcore.events import read_event_log
 from feedcore.proto.feed.v1 import feed_pb2
-from feedcore.text import embed_texts, load_text_encoder
+from feedcore.text import load_text_encoder
 from generation.critic import Critic
 from generation.engagement import fit_engagement_model, post_examples
 from generation.grounding import Catalog
@@ -60,6 +70,8 @@ from generation.llm import make_language_model
 from generation.store import SqlitePostStore
 from generation.writer import PostWriter, post_id
 from serving.event_log import EventLog
+from serving.generated_posts import TextEmbeddings
+from serving.pipeline import FeedPipeline
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -92,21 +104,30 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(REPO / "artifacts" / "llm"))
+    parser.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True,
+                        help="today's critic with the service's value (trains the demo engine on the past)")
     parser.add_argument("--min-impressions", type=int, default=200, help="the reward model's cold-start bar")
     parser.add_argument("--out", default=str(RESULTS / "generation_critic.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sim = SimulationConfig(seed=args.seed)
     name = "ml-latest-small"
-    dataset = load_dataset(name, REPO / DATASETS[name].default_root)
-    past, futures = split_futures(dataset.events, sim.future_share, sim.min_past)
-    tastes = post_tastes(futures, dataset.items, sim.favourite_categories)
-    catalog = Catalog.from_items(dataset.items)
-    with_future = dataclasses.replace(dataset, events=past.filter(pl.col("user_id").is_in(list(futures))))
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="generation-critic-"))
+    engine, futures = prepare_simulation(load_config(REPO / "configs" / "demo.toml"), sim, work,
+                                         REPO / "configs" / "experiments" / "ab-demo.toml")
+    past = load_dataset(engine.data.dataset, engine.data.raw_root)
+    tastes = post_tastes(futures, past.items, sim.favourite_categories)
+    catalog = Catalog.from_items(past.items)
+    with_future = dataclasses.replace(past, events=past.events.filter(pl.col("user_id").is_in(list(futures))))
     config = GenerationConfig(threads=args.threads, seed=args.seed, num_candidates=args.candidates, max_tries=0)
     requests = user_requests(with_future, catalog, args.users, args.seed, config.sources_per_post)
+    served = None
+    if args.ranker:  # the service's critic value: the demo engine trained on the past only
+        engine = dataclasses.replace(engine, generation=dataclasses.replace(engine.generation, enabled=False))
+        train_engine(engine)
+        served = FeedPipeline.from_artifacts(engine)
 
-    start = time.perf_counter()
     lm = make_language_model(config, Path(args.cache_dir))
     critic = RecordingCritic(lm)
     writer = PostWriter(lm, catalog, Guardrails(config.guardrails), config, critic)
@@ -122,14 +143,11 @@ def main() -> None:
     random.Random(args.seed).shuffle(users)
     cut = int(len(users) * args.train_share)
     logging_users, held_out = users[:cut], users[cut:]
-    encoder = load_text_encoder()
-    memo: dict[str, np.ndarray] = {}
+    embed = TextEmbeddings(load_text_encoder())
 
-    def embed(texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in memo]
-        if missing:
-            memo.update(zip(missing, embed_texts(missing, encoder), strict=True))
-        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+    def served_value(user_id: str, texts: list[str], sources) -> np.ndarray:
+        ids = tuple(s.item_id for s in sources)
+        return served.score_posts(user_id, [ids] * len(texts), embed(list(texts)))
 
     with tempfile.TemporaryDirectory() as tmp:
         store = SqlitePostStore(Path(tmp) / "posts.sqlite",
@@ -160,12 +178,13 @@ def main() -> None:
     if model is None:
         raise SystemExit(f"too few logged post impressions to learn from ({examples.height})")
     learned = Critic(lm, value_fn=model.value_fn(embed))
-    today = Critic(lm)
+    today = Critic(lm, value_fn=served_value if served is not None else None)
 
     rows = [u for u in held_out if len(set(groups[u][2])) >= 2]
     scored = [groups[u] for u in rows]
     truth = [np.array([tastes[u].probabilities(t, sim)[0] for t in groups[u][2]]) for u in rows]
-    picks = {"today's critic (fluency; value 0 without a ranker)": today.score(scored),
+    today_key = "today's critic (ranker value + 0.1 fluency)" if served is not None else "today's critic (fluency only)"
+    picks = {today_key: today.score(scored),
              "learned critic (P(engage) + 0.1 fluency)": learned.score(scored)}
     value = {"random candidate": np.array([t.mean() for t in truth])}
     value.update({k: np.array([t[int(np.argmax(s))] for t, s in zip(truth, v, strict=True)]) for k, v in picks.items()})
@@ -180,11 +199,12 @@ def main() -> None:
         "expected_engagement": {k: float(v.mean()) for k, v in value.items()},
         "learned_minus": {k: {"mean": float((value[learned_key] - v).mean()), "ci95": bootstrap(value[learned_key] - v)}
                           for k, v in value.items() if k != learned_key},
-        "wall_s": time.perf_counter() - start,
+        "today_value_errors": today.value_errors, "wall_s": time.perf_counter() - start,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": args.threads},
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     for k, v in result["expected_engagement"].items():
         print(f"{k:<55} {v:.4f}")
     for k, v in result["learned_minus"].items():

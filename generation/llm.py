@@ -486,12 +486,17 @@ class TransformersLanguageModel:
     def log_prob(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> np.ndarray:
         """(B,) mean log-probability per token of each text after its prompt (-inf for empty texts).
 
-        One forward pass over the left-padded batch of prompt + text.
+        One forward pass per `LOG_PROB_ROWS` rows of the left-padded batch of prompt + text: the
+        (rows, length, vocabulary) log-probabilities are ~0.5 GB per 8 rows of 300 tokens, so a
+        caller's batch of any size stays bounded.
         """
         if len(prompts) != len(texts):
             raise ValueError(f"one text per prompt: {len(prompts)} prompts, {len(texts)} texts")
         if not texts:
             return np.zeros(0, np.float32)
+        if len(texts) > LOG_PROB_ROWS:
+            return np.concatenate([self.log_prob(prompts[at:at + LOG_PROB_ROWS], texts[at:at + LOG_PROB_ROWS])
+                                   for at in range(0, len(texts), LOG_PROB_ROWS)])
         pad = self.tokenizer.pad_token_id
         heads = [self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"] for p in prompts]
         tails = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -513,6 +518,9 @@ class TransformersLanguageModel:
         sums = (picked * hits).sum(dim=1)
         out = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf")))
         return out.numpy().astype(np.float32)
+
+
+LOG_PROB_ROWS = 8
 
 
 def _load_transformers_model(folder: Path, device: str):

@@ -62,3 +62,7 @@ def test_log_prob_prefers_fluent_text_and_restores_threads(lm):
     assert scores.shape == (2,) and np.isfinite(scores).all()
     assert scores[0] > scores[1]
     assert torch.get_num_threads() == before
+    # More rows than one forward pass takes: chunked, each row as it scores alone.
+    texts = [" Paris.", " purple elephant sandwich ladder.", " Rome", " a city in France."] * 3  # 12 > 8 rows
+    many = lm.log_prob([PROMPTS[2]] * len(texts), texts)
+    np.testing.assert_allclose(many, [lm.log_prob([PROMPTS[2]], [t])[0] for t in texts], atol=2e-3)
