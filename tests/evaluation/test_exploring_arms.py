@@ -117,4 +117,4 @@ def test_a_first_pages_session_is_the_order_its_pages_serve(sim_pipeline, explor
     assert [i.score for i in first.session] == [i.score for i in served]
     assert sim_pipeline.get_feed(dataclasses.replace(request, exploration=None)).session is None
     unlogged = sim_pipeline.get_feed(dataclasses.replace(request, log_session=False))  # no event log: not built
-    assert unlogged.session is None and [i.item_id for i in unlogged.items] == [i.item_id for i in first.items]
+    assert unlogged.session is None and len(unlogged.items) == request.page_size  # (a new session: its own draw)
