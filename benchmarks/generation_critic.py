@@ -21,7 +21,7 @@ talks of other genres is hidden more; the module doc of `evaluation.simulator` g
    expected engagement (probability of a click, given the post is looked at) of the pick, averaged
    over users, with a paired bootstrap 95% interval of each difference:
    - random: the mean over the user's candidates;
-   - today's critic: the service's, `Critic(lm, value_fn=served value)`: the trained ranker's
+   - today's critic: the service's, `Critic(lm, value_fn=ServedModels.value)`: the trained ranker's
      value-model score of the post as an item (`FeedPipeline.score_posts`) + 0.1 x fluency
      (`--no-ranker`: fluency alone);
    - learned: `Critic(lm, value_fn=model.value_fn(embed))`, P(engage) + 0.1 x fluency;
@@ -71,6 +71,7 @@ from generation.store import SqlitePostStore
 from generation.writer import PostWriter, post_id
 from serving.event_log import EventLog
 from serving.generated_posts import TextEmbeddings
+from serving.generation_service import ServedModels
 from serving.pipeline import FeedPipeline
 
 RESULTS = Path(__file__).parent / "results"
@@ -145,10 +146,6 @@ def main() -> None:
     logging_users, held_out = users[:cut], users[cut:]
     embed = TextEmbeddings(load_text_encoder())
 
-    def served_value(user_id: str, texts: list[str], sources) -> np.ndarray:
-        ids = tuple(s.item_id for s in sources)
-        return served.score_posts(user_id, [ids] * len(texts), embed(list(texts)))
-
     with tempfile.TemporaryDirectory() as tmp:
         store = SqlitePostStore(Path(tmp) / "posts.sqlite",
                                 dataclasses.replace(config, posts_per_user=args.candidates, cache_ttl_s=10**9))
@@ -178,7 +175,7 @@ def main() -> None:
     if model is None:
         raise SystemExit(f"too few logged post impressions to learn from ({examples.height})")
     learned = Critic(lm, value_fn=model.value_fn(embed))
-    today = Critic(lm, value_fn=served_value if served is not None else None)
+    today = Critic(lm, value_fn=ServedModels(served, embed).value if served is not None else None)
 
     rows = [u for u in held_out if len(set(groups[u][2])) >= 2]
     scored = [groups[u] for u in rows]

@@ -160,12 +160,12 @@ def train_critic_job(config: EngineConfig, log_dirs: Sequence[str | Path] = ()) 
     joined with the config's post store → the reward model, saved to `config.critic_path` (where
     the generation service picks it up); None, and nothing saved, on a cold start."""
     from feedcore.events import read_event_log
-    from feedcore.prepare import load_training_inputs
+    from feedcore.schemas import CanonicalDataset
     from feedcore.text import embed_texts, load_text_encoder
     from generation.grounding import Catalog
     from generation.store import make_post_store
 
-    items = load_training_inputs(config).items
+    items = CanonicalDataset.read(config.prepared_dir).items  # the catalogue `feed data prepare` wrote
     catalog = Catalog.from_items(items)
     categories = dict(zip(items["item_id"].to_list(), items["categories"].to_list(), strict=True))
     events = pl.concat([read_event_log(d) for d in (log_dirs or [config.event_log_dir])], how="vertical_relaxed")
