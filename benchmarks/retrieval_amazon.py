@@ -73,12 +73,13 @@ from feedcore.io import atomic_path
 from feedcore.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.splits import Split, target_line
 from feedcore.text import item_text_embeddings
-from retrieval.candidates import fresh_items
+from retrieval.candidates import content_profile, fresh_items
 from retrieval.embed import embed_items, embed_users
 from retrieval.ops import ranks_in_chunks
 from retrieval.train import evaluate_retrieval, heldout_inputs, train_retrieval
 
 OUT = Path(__file__).parent / "results" / "retrieval_amazon.json"
+FRESH_HISTORY = 10  # the content profile's last items
 TEXT_CACHE = Path("artifacts/benchmarks/amazon-arts-office-titles.npy")
 BASE = RetrievalConfig(
     user_encoder="sasrec", embedding_dim=64, hidden_dim=128, num_blocks=2, num_heads=1, dropout=0.2,
@@ -142,14 +143,17 @@ def fit_type_prior(users: np.ndarray, items: np.ndarray, counts: np.ndarray, typ
     return offset, grid
 
 
-def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quota: int, size: int = 50):
+def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quota: int, size: int = 50,
+               queries=None):
     """Ordered candidate lists of `size`: the model's top size - quota plus the fresh pool's top
-    `quota` (content-only embeddings), merged by score. Returns (B, size) item indices."""
+    `quota` (content-only embeddings) nearest to `queries` (default: the user embeddings), merged
+    by the user embedding's score. Returns (B, size) item indices."""
     _, top = ranks_in_chunks(users, items, target, exclude, item_offset=offset, top_k=size)
     if quota == 0:
         return top
-    _, fresh = ranks_in_chunks(users, fresh_emb, np.zeros(len(users), np.int64), [np.zeros(0, np.int64)] * len(users),
-                               item_offset=offset[fresh_pool], top_k=quota + size)
+    queries = users if queries is None else queries
+    _, fresh = ranks_in_chunks(queries, fresh_emb, np.zeros(len(users), np.int64), [np.zeros(0, np.int64)] * len(users),
+                               item_offset=offset[fresh_pool] if queries is users else None, top_k=quota + size)
     out = np.empty_like(top)
     for r in range(len(users)):
         main = top[r, : size - quota]
@@ -254,11 +258,25 @@ def main() -> None:
         # The fresh-items source: q of 50 candidates from the content-only pool.
         tu, _, tt, tx = heldout_inputs(model, spec, history, split.test)
         fresh_emb = embed_items(model, fresh_pool, content_only=True)
-        for quota in (0, args.fresh_quota):
-            lists = with_fresh(tu, item_emb, offset, fresh_pool, fresh_emb, tt, tx, quota)
+        # Its query: the user embedding, or the user's content profile (`content_profile`: the mean
+        # content-only embedding of the last FRESH_HISTORY items, item-to-item in content space).
+        histories = latest_histories(history, spec)
+        profiles = np.stack([content_profile(model, histories.get(u, np.zeros(0, np.int64)), FRESH_HISTORY)
+                             for u in split.test["user_id"].to_list()])
+        cold_pool = spec.items.encode(pl.Series(sorted(cold)))
+        at = {int(item): j for j, item in enumerate(cold_pool)}
+        cold_target = np.array([at[int(i)] for i in tt[cold_rows]])
+        shelf, _ = ranks_in_chunks(profiles[cold_rows], embed_items(model, cold_pool, content_only=True), cold_target,
+                                   [np.zeros(0, np.int64)] * len(cold_target))
+        rows.append({"model": f"{name}, content profile (last {FRESH_HISTORY} items)", "protocol": "cold among cold",
+                     **{f"cold_among_cold/{k}": v for k, v in metrics_from_ranks(shelf, (10, 50, 200)).items()}})
+        for quota, query in ((0, "user"), (args.fresh_quota, "user"), (args.fresh_quota, "history")):
+            lists = with_fresh(tu, item_emb, offset, fresh_pool, fresh_emb, tt, tx, quota,
+                               queries=profiles if query == "history" else None)
             m = list_metrics(lists, tt, groups)
             cold_m = list_metrics(lists[cold_rows], tt[cold_rows], None)
-            rows.append({"model": f"{name} + prior, 50 candidates, fresh quota {quota}",
+            rows.append({"model": f"{name} + prior, 50 candidates, fresh quota {quota}"
+                                  + (f", fresh query {query}" if quota else ""),
                          "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "hr@50": m["hr@50"],
                          **{k: v for k, v in m.items() if "/" in k},
                          "cold/hr@50": cold_m["hr@50"], "cold/hr@10": cold_m["hr@10"], "fresh_pool": len(fresh_pool)})

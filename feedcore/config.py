@@ -146,9 +146,12 @@ class CandidatesConfig:
     popular: int = 50  # trending per content type
     popular_half_life_days: float = 0.0  # > 0: events count 2^(-age / half-life); 0: all-time counts
     # New items: the item tower's content embeddings of items with at most `fresh_max_events`
-    # training events, searched with the user embedding (0: no fresh-items source).
+    # training events (0: no fresh-items source), searched with the user embedding ("user") or the
+    # mean content embedding of the user's last `fresh_history_items` items ("history").
     fresh: int = 0
     fresh_max_events: int = 0
+    fresh_query: Literal["user", "history"] = "user"
+    fresh_history_items: int = 10
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,9 @@ Sources, each tagging its candidates with its name (for explanations and as a ra
 - ``follow``: accounts to follow: those followed by the accounts the user follows (friends of
   friends), scored by how many of them follow it;
 - ``fresh``: new items: those with at most `fresh_max_events` training events, embedded by the
-  item tower from their content alone and searched with the user's embedding in an index of their
-  own, so they are not crowded out by trained items (`[candidates] fresh` sets its quota);
+  item tower from their content alone and searched, in an index of their own so they are not
+  crowded out by trained items, with the user's embedding or (`fresh_query = "history"`) the mean
+  content embedding of the user's recent items (`[candidates] fresh` sets its quota);
 - ``popular``: trending items per content type (event counts, decayed by age when the data has
   time), interleaved across types: the fallback, and the whole list for a user with no history.
 
@@ -150,13 +151,47 @@ def popularity_prior(model: TwoTower, spec: FeatureSpec, events: pl.DataFrame, b
 
 class FreshSource(AnnSource):
     """New items for the user: the nearest of the items with few or no events, whose embeddings
-    come from their content alone (`fresh_index`), in their own index.
+    come from their content alone (`fresh_index`), in their own index. `query`: ``"user"``
+    searches with the user tower's embedding; ``"history"`` with the user's `content_profile`
+    (item-to-item in content space), the found items then scored by the user embedding as the
+    ``ann`` source's are, so the ranker sees one kind of retrieval score.
     """
 
     name = "fresh"
 
-    def __init__(self, model: TwoTower, index: ItemIndex, spec: FeatureSpec) -> None:
+    def __init__(self, model: TwoTower, index: ItemIndex, spec: FeatureSpec, query: str = "user",
+                 history_items: int = 10) -> None:
+        if query not in FRESH_QUERIES:
+            raise ValueError(f"candidates.fresh_query is {query!r}; expected one of {FRESH_QUERIES}")
         super().__init__(model, index, spec)
+        self.query = query
+        self.history_items = history_items
+
+    def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
+        if self.query == "user" or not len(user.history):
+            return super().candidates(user, k, exclude)
+        profile = content_profile(self.model, user.history, self.history_items)
+        found = _search(self.index, profile[None], k, None, exclude)
+        if not found:
+            return []
+        embedding = (user.embedding if user.embedding is not None else
+                     embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
+                                 pad_histories([user.history], self.spec.max_history))[0])
+        vectors = embed_items(self.model, self.spec.items.encode([i for i, _, _ in found]), content_only=True)
+        return [(i, float(s), t) for (i, _, t), s in zip(found, vectors @ embedding, strict=True)]
+
+
+FRESH_QUERIES = ("user", "history")
+
+
+def content_profile(model: TwoTower, history: np.ndarray, last: int) -> np.ndarray:
+    """(D,) the mean content-only embedding of the `last` most recent items of `history` (item
+    indices, oldest first; padding 0 skipped; zeros when there are none): the fresh source's
+    ``history`` query."""
+    recent = history[history > 0][-last:]
+    if not len(recent):
+        return np.zeros(model.args.embedding_dim, np.float32)
+    return embed_items(model, recent, content_only=True).mean(0)
 
 
 def fresh_items(spec: FeatureSpec, events: pl.DataFrame, max_events: int) -> np.ndarray:
@@ -337,7 +372,7 @@ def make_candidate_generator(
         items = fresh_items(spec, events, config.fresh_max_events)
         if len(items):
             sources.append((FreshSource(model, fresh_index(model, spec, items, model_version=index.model_version),
-                                        spec), config.fresh))
+                                        spec, config.fresh_query, config.fresh_history_items), config.fresh))
     sources = [(s, k) for s, k in sources if k > 0]
     sources.append((PopularSource(events, config.popular_half_life_days), config.popular))
     return CandidateGenerator(sources)

@@ -21,6 +21,7 @@ from retrieval.candidates import (
     SocialGraph,
     SocialSource,
     UserState,
+    content_profile,
     fresh_index,
     fresh_items,
     make_candidate_generator,
@@ -205,6 +206,34 @@ def test_fresh_source_finds_the_nearest_items_with_few_events_from_content_alone
     assert source.candidates(NOBODY, 4, set()) == []
 
 
+def test_fresh_source_history_query_searches_with_the_content_profile_and_scores_by_the_user():
+    torch.manual_seed(0)
+    model = _tiny_model("mean", n_items=30).eval()
+    model.id_row = torch.arange(30)
+    model.content_type = torch.arange(30) % 2 + 1
+    model.category_values = torch.arange(30) % 5  # with the type: items 20-29 all differ in content
+    ids = [f"i{i}" for i in range(1, 30)]
+    spec = FeatureSpec(Vocabulary(("u",)), Vocabulary(tuple(ids)), Vocabulary(("a", "b")), Vocabulary(()), 6)
+    items = np.arange(20, 30)
+    source = FreshSource(model, fresh_index(model, spec, items, model_version="m"), spec, "history", history_items=2)
+    user = UserState("u", np.array([5, 1, 2]), frozenset())
+    got = source.candidates(user, 3, set())
+    # The profile: the mean content-only embedding of the last 2 items (1 and 2), not of item 5.
+    profile = embed_items(model, np.array([1, 2]), content_only=True).mean(0)
+    assert np.allclose(content_profile(model, np.array([0, 0, 5, 1, 2]), 2), profile)
+    content = embed_items(model, items, content_only=True)
+    nearest = items[np.argsort(-(content @ profile), kind="stable")[:3]]
+    assert sorted(spec.items.encode([i for i, _, _ in got]).tolist()) == sorted(nearest.tolist())
+    # Scored by the user embedding, as the ann source scores, so the ranker sees one kind of score.
+    query = embed_users(model, np.array([spec.users.encode_one("u")]), pad_histories([user.history], 6))[0]
+    brute = dict(zip(items.tolist(), (content @ query).tolist(), strict=True))
+    assert all(s == pytest.approx(brute[int(spec.items.encode([i])[0])], abs=1e-5) for i, s, _ in got)
+    user_query = FreshSource(model, fresh_index(model, spec, items), spec).candidates(user, 3, set())
+    assert {i for i, _, _ in user_query} != {i for i, _, _ in got}  # a different query, a different shelf
+    with pytest.raises(ValueError, match="fresh_query"):
+        FreshSource(model, fresh_index(model, spec, items), spec, "profile")
+
+
 def test_make_candidate_generator_adds_the_fresh_source_with_its_quota(bundled_data):
     ds = load_dataset("ml-latest-small", bundled_data)
     spec = build_feature_spec(ds.items, ds.users, max_history=6)
@@ -230,3 +259,7 @@ def test_make_candidate_generator_adds_the_fresh_source_with_its_quota(bundled_d
     off = make_candidate_generator(dataclasses.replace(config, fresh=0), model=model, index=index, spec=spec,
                                    data=ds, history_events=("rating",))
     assert [s.name for s, _ in off.sources] == ["ann", "popular"]
+    by_history = make_candidate_generator(dataclasses.replace(config, fresh_query="history", fresh_history_items=3),
+                                          model=model, index=index, spec=spec, data=ds, history_events=("rating",))
+    fresh_source = by_history.sources[1][0]
+    assert (fresh_source.query, fresh_source.history_items) == ("history", 3)
