@@ -44,7 +44,13 @@ Fresh-items source (`retrieval.candidates.FreshSource`): items with no training 
 from content alone, in a pool of their own. A user's 50 candidates are the top 50 - q of the
 model's scores plus the top q of the fresh pool, ordered by score; reported: cold-target HR@50
 (the cold target among those 50) and the overall HR@10 / NDCG@10 of that ordered list, against
-the list without the source.
+the list without the source. The fresh pool is searched with the user embedding (`fresh_query =
+"user"`) or with the user's content profile (`"history"`: the mean content-only embedding of the
+last FRESH_HISTORY items); the "cold among cold" row ranks the cold targets among the cold items
+by that profile.
+
+Served prior: the ann source applies the prior to PRIOR_OVERSAMPLE x its quota re-ranked;
+`served_prior_recall@100` is the share of the exact top 100 per type (by score + prior) it returns.
 
 Variants (`--variants`): the SASRec user tower with the item tower's title text (all-MiniLM-L6-v2)
 and without it (id + content type + categories), and the most-popular baseline.
@@ -66,14 +72,14 @@ import numpy as np
 import polars as pl
 import torch
 
-from feedcore.config import RetrievalConfig
+from feedcore.config import CandidatesConfig, RetrievalConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import build_feature_spec, item_features, latest_histories, pad_histories
 from feedcore.io import atomic_path
 from feedcore.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.splits import Split, target_line
 from feedcore.text import item_text_embeddings
-from retrieval.candidates import content_profile, fresh_items
+from retrieval.candidates import PRIOR_OVERSAMPLE, content_profile, fresh_items
 from retrieval.embed import embed_items, embed_users
 from retrieval.ops import ranks_in_chunks
 from retrieval.train import evaluate_retrieval, heldout_inputs, train_retrieval
@@ -167,6 +173,27 @@ def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quo
     return out
 
 
+def served_prior_recall(users, items, offset, type_of, names: dict[int, str], quota: int) -> dict[str, float]:
+    """Per content type, how much of the exact top-`quota` by score + prior (what the benchmark's
+    rows rank by) the ann source's serving approximation returns: the top PRIOR_OVERSAMPLE x quota
+    by score, re-ranked by score + prior (`AnnSource._search`). Seen items are not excluded (in
+    both lists alike)."""
+    out = {}
+    for t, name in names.items():
+        cols = np.flatnonzero(type_of == t)
+        none = [np.zeros(0, np.int64)] * len(users)
+        zeros = np.zeros(len(users), np.int64)
+        _, exact = ranks_in_chunks(users, items[cols], zeros, none, item_offset=offset[cols], top_k=quota)
+        _, wide = ranks_in_chunks(users, items[cols], zeros, none, top_k=quota * PRIOR_OVERSAMPLE)
+        found = []
+        for r in range(len(users)):
+            rescored = items[cols[wide[r]]] @ users[r] + offset[cols[wide[r]]]
+            kept = wide[r][np.argsort(-rescored, kind="stable")[:quota]]
+            found.append(len(np.intersect1d(kept, exact[r])) / quota)
+        out[f"{name}/served_prior_recall@{quota}"] = float(np.mean(found))
+    return out
+
+
 def list_metrics(lists: np.ndarray, target: np.ndarray, groups) -> dict[str, float]:
     """HR@10, NDCG@10 (first 10 of each list) and HR@50 (whole list) of ordered candidate lists."""
     hit = lists == target[:, None]
@@ -249,7 +276,9 @@ def main() -> None:
             rows.append({"model": f"{name} + per-type popularity prior", "protocol": "within type",
                          **evaluate_retrieval(model, spec, history, split.test, item_offset=within,
                                               item_groups=type_of),
-                         "prior": {"grid": within_grid}, **trained})
+                         "prior": {"grid": within_grid}, **trained,
+                         **served_prior_recall(heldout_inputs(model, spec, history, split.test)[0], item_emb, within,
+                                               type_of, type_names, CandidatesConfig().ann // len(type_names))})
         # The popularity prior, fitted on the validation users.
         beta, gamma, grid = fit_prior(vu, item_emb, counts, type_of, split.valid, vt, vx, popular_valid, valid_groups)
         offset = (beta * np.log1p(counts) + gamma * (type_of == OFFICE_INDEX[0])).astype(np.float32)

@@ -1,8 +1,9 @@
 """`feed serve-generation`: the generation service's process (`generation.service`).
 
-It loads the language model, the served catalogue (what posts are grounded in) and the served
-ranker (the critic's value of a candidate post, as the feed would rank it), both reloaded when
-training writes new artifacts (`serving.reloader`, every `[serving] reload_interval_s`), then serves
+It loads the language model, the served catalogue (what posts are grounded in), the served ranker
+(the critic's value of a candidate post, as the feed would rank it) and the critic learned from
+engagement (`feed train critic`), all reloaded when training writes new artifacts
+(`serving.reloader`, every `[serving] reload_interval_s`), then serves
 `generation.v1.GenerationService` until SIGTERM / SIGINT: NOT_SERVING, calls in progress get
 GRACE_SECONDS, then it exits. It decodes in its own process, so decoding never competes with a
 feed server's interpreter, and it may run on another machine (a GPU box) with the same artifacts.
@@ -16,12 +17,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from feedcore.config import EngineConfig
 from feedcore.text import load_text_encoder
-from generation.critic import Critic
+from generation.critic import Critic, ValueFn
 from generation.engagement import EngagementModel
 from generation.grounding import Catalog
 from generation.guardrails import Guardrails
@@ -45,13 +47,19 @@ def grounding_catalog(pipeline: FeedPipeline) -> Catalog:
 
 class ServedModels:
     """The pipeline the service's writer grounds posts in (its catalogue) and values them with (its
-    ranker), swapped by `serving.reloader.ModelReloader` when training writes new artifacts, as in
-    a feed server: posts may then name the new items."""
+    ranker), and the critic learned from engagement (`critic_path`, when trained), swapped by
+    `serving.reloader.ModelReloader` when training writes new artifacts, as in a feed server: posts
+    may then name the new items, and best-of-N follows the newest critic."""
 
-    def __init__(self, pipeline: FeedPipeline, text_embeddings: TextEmbeddings, health=None) -> None:
+    def __init__(self, pipeline: FeedPipeline, text_embeddings: TextEmbeddings, health=None,
+                 critic_path: Path | None = None) -> None:
         self.text_embeddings, self.health = text_embeddings, health
         self.writer: PostWriter | None = None
+        self.critic_path = critic_path
+        self.learned: EngagementModel | None = None
+        self._learned_value: ValueFn | None = None
         self._pipeline = pipeline
+        self._load_critic()
 
     @property
     def pipeline(self) -> FeedPipeline:
@@ -62,6 +70,27 @@ class ServedModels:
         if self.writer is not None:
             self.writer.catalog = grounding_catalog(pipeline)  # before the swap: no post checked against a mix
         self._pipeline = pipeline
+        self._load_critic()
+
+    def _load_critic(self) -> None:
+        """(Re)load the learned critic from `critic_path`; one that does not load keeps the last."""
+        if self.critic_path is None or not self.critic_path.is_file():
+            return
+        try:
+            learned = EngagementModel.load(self.critic_path)
+        except Exception as e:  # noqa: BLE001 (a file being written, a bad file: keep the critic serving)
+            logger.error("generation service: critic %s does not load, keeping the last: %s", self.critic_path, e)
+            self.report_component("critic", False)
+            return
+        logger.info("generation service: critic learned from %d post impressions (%s)", learned.impressions,
+                    self.critic_path)
+        self.learned, self._learned_value = learned, learned.value_fn(self.text_embeddings)
+
+    def critic_value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
+        """Best-of-N's value of candidate texts: the learned critic's P(engage) when one is loaded,
+        else the value model's proxy (`value`), the cold start."""
+        learned = self._learned_value
+        return learned(user_id, texts, sources) if learned is not None else self.value(user_id, texts, sources)
 
     def value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
         """The critic's value: the value model's score of each candidate text for its user, as the
@@ -83,16 +112,10 @@ def make_post_writer(engine: EngineConfig, pipeline: FeedPipeline | None = None)
     given)."""
     config = engine.generation
     served = ServedModels(pipeline if pipeline is not None else FeedPipeline.from_artifacts(engine),
-                          TextEmbeddings(load_text_encoder()))
+                          TextEmbeddings(load_text_encoder()), critic_path=engine.critic_path)
     lm = make_language_model(config, engine.llm_cache_dir)
-    value_fn = served.value  # the value model's proxy: the cold start
-    if engine.critic_path.is_file():  # the reward model learned from engagement with posts
-        learned = EngagementModel.load(engine.critic_path)
-        logger.info("generation service: critic learned from %d post impressions (%s)", learned.impressions,
-                    engine.critic_path)
-        value_fn = learned.value_fn(served.text_embeddings)
     served.writer = PostWriter(lm, grounding_catalog(served.pipeline), Guardrails(config.guardrails), config,
-                               Critic(lm, value_fn=value_fn))
+                               Critic(lm, value_fn=served.critic_value))
     return served.writer, served
 
 
@@ -102,7 +125,7 @@ def serve_generation(engine: EngineConfig, address: str, on_ready: Callable[[str
     running = create_generation_server(writer, address)
     reloader = None
     if engine.serving.reload_interval_s > 0:  # new models and items, as the feed servers pick them up
-        reloader = ModelReloader(engine, served, engine.serving.reload_interval_s)
+        reloader = ModelReloader(engine, served, engine.serving.reload_interval_s, watch=(engine.critic_path,))
         reloader.start()
     stopping = threading.Event()
 

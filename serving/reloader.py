@@ -23,9 +23,10 @@ from serving.servicer import FeedServicer
 logger = logging.getLogger(__name__)
 
 
-def artifact_stamp(config: EngineConfig) -> tuple:
-    """What changes when a training job writes a new model or index (mtime and size of each file)."""
-    paths = [config.retrieval_path, config.ranker_path, Path(config.index_dir) / "meta.json"]
+def artifact_stamp(config: EngineConfig, watch: tuple[Path, ...] = ()) -> tuple:
+    """What changes when a training job writes a new model or index (mtime and size of each file),
+    or one of the `watch` files the servicer also loads (the generation service's critic)."""
+    paths = [config.retrieval_path, config.ranker_path, Path(config.index_dir) / "meta.json", *watch]
     stamp = []
     for path in paths:
         try:
@@ -48,18 +49,23 @@ def freeze_heap(collect: bool = True) -> None:
 
 
 class ModelReloader:
-    def __init__(self, config: EngineConfig, servicer: FeedServicer, interval_s: float = 5.0) -> None:
+    """Polls every `interval_s`; `watch`: more files whose change swaps in a new pipeline (the
+    servicer's pipeline setter reloads what else it serves from them)."""
+
+    def __init__(self, config: EngineConfig, servicer: FeedServicer, interval_s: float = 5.0,
+                 watch: tuple[Path, ...] = ()) -> None:
         self.config = config
         self.servicer = servicer
         self.interval_s = interval_s
-        self.stamp = artifact_stamp(config)
+        self.watch = watch
+        self.stamp = artifact_stamp(config, watch)
         self.reloads = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check_once(self) -> bool:
         """Load and swap in a new pipeline if the artifacts changed; True if it swapped."""
-        stamp = artifact_stamp(self.config)
+        stamp = artifact_stamp(self.config, self.watch)
         if stamp == self.stamp:
             return False
         try:
@@ -69,7 +75,7 @@ class ModelReloader:
                          self.servicer.pipeline.model_version, e)
             self.servicer.report_component("reload", False)
             return False
-        if artifact_stamp(self.config) != stamp:  # written again while loading: load the newest next time
+        if artifact_stamp(self.config, self.watch) != stamp:  # written again while loading: load the newest next time
             return False
         old = self.servicer.pipeline.model_version
         self.servicer.pipeline = pipeline  # the swap: one reference assignment

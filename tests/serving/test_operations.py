@@ -115,6 +115,38 @@ def test_new_models_swap_in_under_load_without_a_failed_request(engine_copy):
     assert old in versions and new in versions and reloader.reloads == 1
 
 
+def test_the_generation_service_picks_up_a_retrained_critic_and_keeps_it_over_a_bad_file(engine_copy):
+    """Best-of-N's value follows `feed train critic` live: the ranker's proxy while no critic is
+    trained, the learned critic once one lands (compared with that model's own values), and the last
+    good critic when the next file does not load."""
+    import numpy as np
+
+    from feedcore.text import load_text_encoder
+    from generation.engagement import EngagementModel
+    from generation.interface import SourceItem
+    from serving.generated_posts import TextEmbeddings
+    from serving.generation_service import ServedModels
+
+    served = ServedModels(FeedPipeline.from_artifacts(engine_copy), TextEmbeddings(load_text_encoder()),
+                          critic_path=engine_copy.critic_path)
+    reloader = ModelReloader(engine_copy, served, watch=(engine_copy.critic_path,))
+    texts = ["A quiet comedy for a rainy night.", "Two westerns, one long weekend."]
+    sources = [SourceItem("1", "Toy Story (1995)", "movie", ("Comedy",))]
+    assert served.learned is None
+    assert np.allclose(served.critic_value("1", texts, sources), served.value("1", texts, sources))
+    rng = np.random.default_rng(0)
+    model = EngagementModel(rng.normal(size=2 * 384 + 1).astype(np.float32), -1.0, 50, 10)
+    model.save(engine_copy.critic_path)
+    assert reloader.check_once()
+    assert served.learned is not None and served.learned.impressions == 50
+    want = model.value_fn(served.text_embeddings)("1", texts, sources)
+    assert np.allclose(served.critic_value("1", texts, sources), want)
+    assert not np.allclose(want, served.value("1", texts, sources))
+    engine_copy.critic_path.write_bytes(b"not a critic")
+    assert reloader.check_once()  # the pipeline still loads; the critic that does not stays out
+    assert np.allclose(served.critic_value("1", texts, sources), want)
+
+
 def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(trained_engine, tmp_path):
     """Under overload a request gets RESOURCE_EXHAUSTED instead of waiting in a queue."""
     from serving.event_log import EventLog
