@@ -49,8 +49,9 @@ the list without the source. The fresh pool is searched with the user embedding 
 last FRESH_HISTORY items); the "cold among cold" row ranks the cold targets among the cold items
 by that profile.
 
-Served prior: the ann source applies the prior to PRIOR_OVERSAMPLE x its quota re-ranked;
-`served_prior_recall@100` is the share of the exact top 100 per type (by score + prior) it returns.
+Served prior: `served_prior_recall@100` is the share of the exact top 100 per type (by score +
+prior, as the rows rank) that the ann source returns as served (`AnnSource` with the prior, over a
+per-type faiss index), with its milliseconds per call against the same source without the prior.
 
 Variants (`--variants`): the SASRec user tower with the item tower's title text (all-MiniLM-L6-v2)
 and without it (id + content type + categories), and the most-popular baseline.
@@ -79,8 +80,9 @@ from feedcore.io import atomic_path
 from feedcore.metrics import full_ranking_metrics, metrics_from_ranks
 from feedcore.splits import Split, target_line
 from feedcore.text import item_text_embeddings
-from retrieval.candidates import PRIOR_OVERSAMPLE, content_profile, fresh_items
+from retrieval.candidates import AnnSource, UserState, content_profile, fresh_items
 from retrieval.embed import embed_items, embed_users
+from retrieval.index import ItemIndex
 from retrieval.ops import ranks_in_chunks
 from retrieval.train import evaluate_retrieval, heldout_inputs, train_retrieval
 
@@ -173,25 +175,36 @@ def with_fresh(users, items, offset, fresh_pool, fresh_emb, target, exclude, quo
     return out
 
 
-def served_prior_recall(users, items, offset, type_of, names: dict[int, str], quota: int) -> dict[str, float]:
-    """Per content type, how much of the exact top-`quota` by score + prior (what the benchmark's
-    rows rank by) the ann source's serving approximation returns: the top PRIOR_OVERSAMPLE x quota
-    by score, re-ranked by score + prior (`AnnSource._search`). Seen items are not excluded (in
-    both lists alike)."""
-    out = {}
-    for t, name in names.items():
-        cols = np.flatnonzero(type_of == t)
-        none = [np.zeros(0, np.int64)] * len(users)
-        zeros = np.zeros(len(users), np.int64)
-        _, exact = ranks_in_chunks(users, items[cols], zeros, none, item_offset=offset[cols], top_k=quota)
-        _, wide = ranks_in_chunks(users, items[cols], zeros, none, top_k=quota * PRIOR_OVERSAMPLE)
-        found = []
-        for r in range(len(users)):
-            rescored = items[cols[wide[r]]] @ users[r] + offset[cols[wide[r]]]
-            kept = wide[r][np.argsort(-rescored, kind="stable")[:quota]]
-            found.append(len(np.intersect1d(kept, exact[r])) / quota)
-        out[f"{name}/served_prior_recall@{quota}"] = float(np.mean(found))
-    return out
+def served_prior_recall(model, spec, users, items, offset, type_of, names: dict[int, str],
+                        quota: int) -> dict[str, float]:
+    """The ann source as served (`AnnSource` with the prior, over a per-type faiss Flat index of
+    the same item embeddings, `quota` per type): per content type, the share of the exact top
+    `quota` by score + prior that it returns, and its milliseconds per call against the same
+    source without the prior. Seen items are not excluded (in both lists alike)."""
+    ids = list(spec.items.values)
+    index = ItemIndex.build(items[1:], ids, [spec.content_types.decode(int(t)) for t in type_of[1:]], "Flat",
+                            model_version="benchmark")
+    shares = {name: 1.0 for name in names.values()}
+    plain, with_prior = AnnSource(model, index, spec, shares), AnnSource(model, index, spec, shares, offset)
+    none, zeros = [np.zeros(0, np.int64)] * len(users), np.zeros(len(users), np.int64)
+    cols = {name: np.flatnonzero(type_of[1:] == t) + 1 for t, name in names.items()}  # row 0: unknown
+    exact = {name: ranks_in_chunks(users, items[c], zeros, none, item_offset=offset[c], top_k=quota)[1]
+             for name, c in cols.items()}
+    ids_of = {name: np.array(ids, dtype=object)[c - 1] for name, c in cols.items()}
+    found, seconds = {name: [] for name in names.values()}, {"plain": 0.0, "prior": 0.0}
+    for r in range(len(users)):
+        user = UserState("", np.array([1]), frozenset(), embedding=users[r])
+        start = time.perf_counter()
+        plain.candidates(user, quota * len(names), set())
+        seconds["plain"] += time.perf_counter() - start
+        start = time.perf_counter()
+        got = {i for i, _, _ in with_prior.candidates(user, quota * len(names), set())}
+        seconds["prior"] += time.perf_counter() - start
+        for name in names.values():
+            found[name].append(len(got & set(ids_of[name][exact[name][r]])) / quota)
+    return {**{f"{name}/served_prior_recall@{quota}": float(np.mean(v)) for name, v in found.items()},
+            "served_ms_per_call_without_prior": 1000 * seconds["plain"] / len(users),
+            "served_ms_per_call_with_prior": 1000 * seconds["prior"] / len(users)}
 
 
 def list_metrics(lists: np.ndarray, target: np.ndarray, groups) -> dict[str, float]:
@@ -277,8 +290,9 @@ def main() -> None:
                          **evaluate_retrieval(model, spec, history, split.test, item_offset=within,
                                               item_groups=type_of),
                          "prior": {"grid": within_grid}, **trained,
-                         **served_prior_recall(heldout_inputs(model, spec, history, split.test)[0], item_emb, within,
-                                               type_of, type_names, CandidatesConfig().ann // len(type_names))})
+                         **served_prior_recall(model, spec, heldout_inputs(model, spec, history, split.test)[0],
+                                               item_emb, within, type_of, type_names,
+                                               CandidatesConfig().ann // len(type_names))})
         # The popularity prior, fitted on the validation users.
         beta, gamma, grid = fit_prior(vu, item_emb, counts, type_of, split.valid, vt, vx, popular_valid, valid_groups)
         offset = (beta * np.log1p(counts) + gamma * (type_of == OFFICE_INDEX[0])).astype(np.float32)

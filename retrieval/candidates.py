@@ -95,8 +95,11 @@ class CandidateSource(Protocol):
 class AnnSource:
     """Nearest items to the user tower's embedding; `type_shares` splits `k` across content types
     in proportion to the shares (each type searched in its own shard). With `prior` ((N,) per
-    vocabulary index, `popularity_prior`), an item's score is its inner product plus its prior:
-    each search asks for `PRIOR_OVERSAMPLE` x its quota and keeps the best by that score."""
+    vocabulary index, `popularity_prior`), an item's score is its inner product plus its prior,
+    and each search returns the exact top k by that score (as exact as the index): it asks for
+    `PRIOR_OVERSAMPLE` x k by inner product, re-ranks them by score, and searches deeper (x4 each
+    time) until no item below the depth reached could enter the top k even with the largest prior
+    of the shard (the threshold bound)."""
 
     name = "ann"
 
@@ -111,6 +114,15 @@ class AnnSource:
                              f"(it holds {index.content_types})")
         self.type_shares = type_shares or {}
         self.prior = prior
+        if prior is not None:  # the bound: the largest prior of each shard (None: the whole index)
+            types = model.content_type.cpu().numpy()
+            if len(prior) != len(types):
+                raise ValueError(f"the ann prior has {len(prior)} entries; expected one per item of the model "
+                                 f"({len(types)}, the unknown row included)")
+            self.prior_ceiling = {None: float(prior[1:].max(initial=0.0))}
+            for name in index.content_types:
+                of_type = prior[types == spec.content_types.encode_one(name)]
+                self.prior_ceiling[name] = float(of_type.max(initial=0.0))
 
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         if not len(user.history):
@@ -129,13 +141,20 @@ class AnnSource:
     def _search(self, query: np.ndarray, k: int, content_type: str | None, exclude: set[str]) -> list[Found]:
         if self.prior is None:
             return _search(self.index, query, k, content_type, exclude)
-        found = _search(self.index, query, k * PRIOR_OVERSAMPLE, content_type, exclude)
-        offsets = self.prior[self.spec.items.encode([i for i, _, _ in found])]
-        rescored = [(i, float(score + offset), t) for (i, score, t), offset in zip(found, offsets, strict=True)]
-        return sorted(rescored, key=lambda c: -c[1])[:k]
+        ceiling = self.prior_ceiling.get(content_type, self.prior_ceiling[None])
+        depth = k * PRIOR_OVERSAMPLE
+        while True:
+            found = _search(self.index, query, depth, content_type, exclude)
+            offsets = self.prior[self.spec.items.encode([i for i, _, _ in found])]
+            rescored = sorted(((i, float(score + offset), t) for (i, score, t), offset
+                               in zip(found, offsets, strict=True)), key=lambda c: -c[1])
+            # Every item below the depth scores at most found[-1]'s inner product + the ceiling.
+            if len(found) < depth or len(rescored) < k or found[-1][1] + ceiling <= rescored[k - 1][1]:
+                return rescored[:k]
+            depth *= 4
 
 
-PRIOR_OVERSAMPLE = 4
+PRIOR_OVERSAMPLE = 4  # the first search's depth, x the quota
 
 
 def popularity_prior(model: TwoTower, spec: FeatureSpec, events: pl.DataFrame, betas: dict[str, float]) -> np.ndarray:

@@ -134,14 +134,28 @@ def test_the_popularity_prior_reranks_each_search_by_score_plus_prior():
     plain = AnnSource(model, index, spec, {"b": 1.0}).candidates(_user("u"), 12, set())
     # A zero prior changes nothing; a prior on the 3rd best b item lifts it to the top, its score
     # the inner product plus the prior, the rest in their order.
-    zero = AnnSource(model, index, spec, {"b": 1.0}, np.zeros(31, np.float32)).candidates(_user("u"), 12, set())
+    zero = AnnSource(model, index, spec, {"b": 1.0}, np.zeros(30, np.float32)).candidates(_user("u"), 12, set())
     assert zero == plain
     lifted = plain[2][0]
-    prior = np.zeros(31, np.float32)
+    prior = np.zeros(30, np.float32)
     prior[spec.items.encode_one(lifted)] = 100.0
     got = AnnSource(model, index, spec, {"b": 1.0}, prior).candidates(_user("u"), 3, set())
     assert [i for i, _, _ in got] == [lifted, plain[0][0], plain[1][0]]
     assert got[0][1] == pytest.approx(plain[2][1] + 100.0)
+    # Exact under any prior: a strong random prior puts the best items far below the first
+    # search's depth (4 x k by inner product); the source searches deeper until the bound holds,
+    # and returns the brute-force top k by inner product + prior, for each shard and over all.
+    query = embed_users(model, np.array([spec.users.encode_one("u")]), pad_histories([np.array([1, 2, 3])], 6))[0]
+    brute_scores = embed_items(model, items) @ query
+    for seed in range(5):
+        strong = np.random.default_rng(seed).uniform(0, 5 * np.ptp(brute_scores), 30).astype(np.float32)
+        total = {i: float(brute_scores[n] + strong[n + 1]) for n, i in enumerate(ids)}
+        for shares, k in (({"b": 1.0}, 1), ({"b": 1.0}, 2), (None, 3)):
+            got = AnnSource(model, index, spec, shares, strong).candidates(_user("u", {"i4"}), k, {"i4"})
+            pool = [i for i in ids if i != "i4" and (shares is None or types[ids.index(i)] == "b")]
+            want = sorted(pool, key=lambda i: -total[i])[:k]
+            assert [i for i, _, _ in got] == want
+            assert [s for _, s, _ in got] == pytest.approx([total[i] for i in want], abs=1e-5)
     # popularity_prior: beta of the item's type (as the model's item features encode it) x
     # log1p(events), other types 0.
     other = next(i for i in ids if i != lifted)
