@@ -13,7 +13,8 @@ tokens, batches of 8, temperature 0.7) on the same users:
 Each user's sources are a documented proxy for the ranker's top items (the service uses the
 ranker's): their three most recent ratings of 4 or more, newest first; interests are the two
 categories most frequent among their ratings of 4 or more. The critic is the fluency term alone
-(with `--ranker-config`, the served ranker's value model, as in the service).
+(with `--ranker-config`, the service's critic: the one learned from engagement when the config's
+artifacts hold it, else the served ranker's value model).
 
 CPU per post is the process's CPU time (all threads) over the posts written; wall per post is the
 batch's wall time over its users. The machine is shared: compare the two writers within one run.
@@ -96,10 +97,13 @@ def grounding_rate(checks) -> dict:
 
 
 def served_value(config_path: str, dataset: str):
-    """The service's critic value: `FeedPipeline.score_posts` of the config's trained artifacts,
-    each candidate text embedded by all-MiniLM-L6-v2 as the service embeds posts."""
+    """The service's critic value (`ServedModels.critic_value`): the critic learned from engagement
+    when the config's artifacts hold one (`feed train critic`), else `FeedPipeline.score_posts` of
+    the trained artifacts, each candidate text embedded as the service embeds posts."""
     from feedcore.config import load_config
-    from feedcore.text import embed_texts, load_text_encoder
+    from feedcore.text import load_text_encoder
+    from serving.generated_posts import TextEmbeddings
+    from serving.generation_service import ServedModels
     from serving.pipeline import FeedPipeline
 
     engine = load_config(config_path)
@@ -107,13 +111,7 @@ def served_value(config_path: str, dataset: str):
         raise SystemExit(f"--ranker-config {config_path} serves dataset {engine.data.dataset!r}, not --dataset {dataset!r}")
     pipeline = FeedPipeline.from_artifacts(dataclasses.replace(
         engine, generation=dataclasses.replace(engine.generation, enabled=False)))
-    encoder = load_text_encoder()
-
-    def value(user_id: str, texts: list[str], sources) -> np.ndarray:
-        ids = tuple(s.item_id for s in sources)
-        return pipeline.score_posts(user_id, [ids] * len(texts), embed_texts(texts, encoder))
-
-    return value
+    return ServedModels(pipeline, TextEmbeddings(load_text_encoder()), critic_path=engine.critic_path).critic_value
 
 
 def claim_rate(writer: PostWriter, posts, by_user) -> dict:
@@ -216,7 +214,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "generation_eval.json"))
     parser.add_argument("--ranker-config", default=None,
                         help="an engine config with trained artifacts (configs/demo.toml after `make demo`): "
-                             "its ranker values the candidates, as in the service")
+                             "its critic (learned, else its ranker) values the candidates, as in the service")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     after_config = GenerationConfig(threads=args.threads, seed=args.seed)
