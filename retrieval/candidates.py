@@ -96,10 +96,12 @@ class AnnSource:
     """Nearest items to the user tower's embedding; `type_shares` splits `k` across content types
     in proportion to the shares (each type searched in its own shard). With `prior` ((N,) per
     vocabulary index, `popularity_prior`), an item's score is its inner product plus its prior,
-    and each search returns the exact top k by that score (as exact as the index): it asks for
-    `PRIOR_OVERSAMPLE` x k by inner product, re-ranks them by score, and searches deeper (x4 each
-    time) until no item below the depth reached could enter the top k even with the largest prior
-    of the shard (the threshold bound)."""
+    and each search returns the exact top k by that score (as exact as the index), as the
+    threshold algorithm over two sorted lists does: the `PRIOR_HEAD` items of the shard with the
+    largest priors are scored directly (one small product), the index gives the top
+    `PRIOR_OVERSAMPLE` x k by inner product, and the search goes deeper (x4 each time) only while an
+    item below the depth reached and outside the head could still enter the top k (its inner
+    product at most the last one found, its prior at most the largest outside the head)."""
 
     name = "ann"
 
@@ -114,15 +116,15 @@ class AnnSource:
                              f"(it holds {index.content_types})")
         self.type_shares = type_shares or {}
         self.prior = prior
-        if prior is not None:  # the bound: the largest prior of each shard (None: the whole index)
-            types = model.content_type.cpu().numpy()
-            if len(prior) != len(types):
-                raise ValueError(f"the ann prior has {len(prior)} entries; expected one per item of the model "
-                                 f"({len(types)}, the unknown row included)")
-            self.prior_ceiling = {None: float(prior[1:].max(initial=0.0))}
-            for name in index.content_types:
-                of_type = prior[types == spec.content_types.encode_one(name)]
-                self.prior_ceiling[name] = float(of_type.max(initial=0.0))
+        self._heads: dict[str | None, _PriorHead] = {}
+        if prior is not None:
+            if len(prior) != len(spec.items):
+                raise ValueError(f"the ann prior has {len(prior)} entries; expected one per item of the vocabulary "
+                                 f"({len(spec.items)}, the unknown row included)")
+            shards = {name: (shard.item_ids, [name] * len(shard.item_ids)) for name, shard in index.shards.items()}
+            everything = ([i for ids, _ in shards.values() for i in ids], [t for _, ts in shards.values() for t in ts])
+            for name, (ids, types) in {**shards, None: everything}.items():
+                self._heads[name] = _PriorHead.of(model, spec, prior, ids, types)
 
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         if not len(user.history):
@@ -141,20 +143,48 @@ class AnnSource:
     def _search(self, query: np.ndarray, k: int, content_type: str | None, exclude: set[str]) -> list[Found]:
         if self.prior is None:
             return _search(self.index, query, k, content_type, exclude)
-        ceiling = self.prior_ceiling.get(content_type, self.prior_ceiling[None])
+        head = self._heads.get(content_type)
+        if head is None:
+            return []  # a type the index does not hold
+        scores = head.vectors @ query[0] + head.prior
+        best = [(head.ids[j], float(scores[j]), head.types[j]) for j in np.argsort(-scores, kind="stable")
+                if head.ids[j] not in exclude][:k]
         depth = k * PRIOR_OVERSAMPLE
         while True:
             found = _search(self.index, query, depth, content_type, exclude)
             offsets = self.prior[self.spec.items.encode([i for i, _, _ in found])]
-            rescored = sorted(((i, float(score + offset), t) for (i, score, t), offset
-                               in zip(found, offsets, strict=True)), key=lambda c: -c[1])
-            # Every item below the depth scores at most found[-1]'s inner product + the ceiling.
-            if len(found) < depth or len(rescored) < k or found[-1][1] + ceiling <= rescored[k - 1][1]:
+            merged = {c[0]: c for c in best}  # the index's score wins where both have an item
+            merged.update((i, (i, float(score + offset), t)) for (i, score, t), offset in zip(found, offsets, strict=True))
+            rescored = sorted(merged.values(), key=lambda c: -c[1])
+            # An item outside both lists scores at most the last inner product found + the head's ceiling.
+            if (len(found) < depth or len(rescored) >= k
+                    and found[-1][1] + head.ceiling <= rescored[k - 1][1]):
                 return rescored[:k]
             depth *= 4
 
 
+@dataclasses.dataclass(frozen=True)
+class _PriorHead:
+    """The PRIOR_HEAD items of a shard with the largest priors: their embeddings and priors, and
+    the largest prior outside them (the bound on the prior of every other item)."""
+
+    ids: list[str]
+    types: list[str]
+    vectors: np.ndarray  # (P, D)
+    prior: np.ndarray  # (P,)
+    ceiling: float
+
+    @classmethod
+    def of(cls, model: TwoTower, spec: FeatureSpec, prior: np.ndarray, ids: list[str], types: list[str]) -> _PriorHead:
+        rows = spec.items.encode(ids)
+        order = np.argsort(-prior[rows], kind="stable")
+        head, rest = order[:PRIOR_HEAD], order[PRIOR_HEAD:]
+        return cls([ids[j] for j in head], [types[j] for j in head], embed_items(model, rows[head]),
+                   prior[rows[head]].astype(np.float32), float(prior[rows[rest]].max(initial=0.0)))
+
+
 PRIOR_OVERSAMPLE = 4  # the first search's depth, x the quota
+PRIOR_HEAD = 1024  # per shard, the items with the largest priors, scored directly
 
 
 def popularity_prior(model: TwoTower, spec: FeatureSpec, events: pl.DataFrame, betas: dict[str, float]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The candidate layer: ANN per content type, the social graph, trending, and their merge."""
 
 import dataclasses
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -8,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+import retrieval.candidates as candidates_module
 from feedcore.config import CandidatesConfig
 from feedcore.datasets import load_dataset
 from feedcore.features import FeatureSpec, Vocabulary, build_feature_spec, item_features, pad_histories
@@ -122,7 +124,7 @@ def test_ann_type_shares_search_each_content_type_shard():
         AnnSource(model, index, spec, {"z": 1.0})
 
 
-def test_the_popularity_prior_reranks_each_search_by_score_plus_prior():
+def test_the_popularity_prior_reranks_each_search_by_score_plus_prior(monkeypatch):
     torch.manual_seed(0)
     model = _tiny_model("mean", n_items=30).eval()
     model.id_row = torch.arange(30)
@@ -143,11 +145,13 @@ def test_the_popularity_prior_reranks_each_search_by_score_plus_prior():
     assert [i for i, _, _ in got] == [lifted, plain[0][0], plain[1][0]]
     assert got[0][1] == pytest.approx(plain[2][1] + 100.0)
     # Exact under any prior: a strong random prior puts the best items far below the first
-    # search's depth (4 x k by inner product); the source searches deeper until the bound holds,
-    # and returns the brute-force top k by inner product + prior, for each shard and over all.
+    # search's depth (4 x k by inner product) and, with a head of 2 items, outside the head; the
+    # source searches deeper until the bound holds and returns the brute-force top k by inner
+    # product + prior, for each shard and over all.
     query = embed_users(model, np.array([spec.users.encode_one("u")]), pad_histories([np.array([1, 2, 3])], 6))[0]
     brute_scores = embed_items(model, items) @ query
-    for seed in range(5):
+    for seed, head in itertools.product(range(5), (2, 1024)):
+        monkeypatch.setattr(candidates_module, "PRIOR_HEAD", head)
         strong = np.random.default_rng(seed).uniform(0, 5 * np.ptp(brute_scores), 30).astype(np.float32)
         total = {i: float(brute_scores[n] + strong[n + 1]) for n, i in enumerate(ids)}
         for shares, k in (({"b": 1.0}, 1), ({"b": 1.0}, 2), (None, 3)):
