@@ -59,6 +59,7 @@ from evaluation.simulator import (
 from feedcore.config import GenerationConfig, load_config
 from feedcore.datasets import load_dataset
 from feedcore.events import read_event_log
+from feedcore.io import atomic_path
 from feedcore.proto.feed.v1 import feed_pb2
 from feedcore.text import load_text_encoder
 from generation.critic import Critic
@@ -200,7 +201,8 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": args.threads},
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     for k, v in result["expected_engagement"].items():
         print(f"{k:<55} {v:.4f}")

@@ -24,6 +24,7 @@ the blender never looks it up in a catalogue-sized map on the request path.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
@@ -122,16 +123,18 @@ class AnnSource:
                 raise ValueError(f"the ann prior has {len(prior)} entries; expected one per item of the vocabulary "
                                  f"({len(spec.items)}, the unknown row included)")
             shards = {name: (shard.item_ids, [name] * len(shard.item_ids)) for name, shard in index.shards.items()}
-            everything = ([i for ids, _ in shards.values() for i in ids], [t for _, ts in shards.values() for t in ts])
-            for name, (ids, types) in {**shards, None: everything}.items():
+            if self.type_shares:  # the shards searched
+                searched = {name: shards[name] for name in self.type_shares}
+            else:  # one search over every shard
+                searched = {None: ([i for ids, _ in shards.values() for i in ids],
+                                   [t for _, ts in shards.values() for t in ts])}
+            for name, (ids, types) in searched.items():
                 self._heads[name] = _PriorHead.of(model, spec, prior, ids, types)
 
     def candidates(self, user: UserState, k: int, exclude: set[str]) -> list[Found]:
         if not len(user.history):
             return []  # no history: no embedding worth searching with
-        query = (user.embedding[None] if user.embedding is not None else
-                 embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
-                             pad_histories([user.history], self.spec.max_history)))
+        query = self._user_embedding(user)
         if not self.type_shares:
             return self._search(query, k, None, exclude)
         total = sum(self.type_shares.values())
@@ -140,6 +143,13 @@ class AnnSource:
             out += self._search(query, max(1, round(k * share / total)), content_type, exclude)
         return sorted(out, key=lambda c: -c[1])[:k]
 
+    def _user_embedding(self, user: UserState) -> np.ndarray:
+        """(1, D) the user tower's embedding: the request's, else computed from the history."""
+        if user.embedding is not None:
+            return user.embedding[None]
+        return embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
+                           pad_histories([user.history], self.spec.max_history))
+
     def _search(self, query: np.ndarray, k: int, content_type: str | None, exclude: set[str]) -> list[Found]:
         if self.prior is None:
             return _search(self.index, query, k, content_type, exclude)
@@ -147,8 +157,8 @@ class AnnSource:
         if head is None:
             return []  # a type the index does not hold
         scores = head.vectors @ query[0] + head.prior
-        best = [(head.ids[j], float(scores[j]), head.types[j]) for j in np.argsort(-scores, kind="stable")
-                if head.ids[j] not in exclude][:k]
+        best = list(itertools.islice(((head.ids[j], float(scores[j]), head.types[j])
+                                      for j in np.argsort(-scores, kind="stable") if head.ids[j] not in exclude), k))
         depth = k * PRIOR_OVERSAMPLE
         while True:
             found = _search(self.index, query, depth, content_type, exclude)
@@ -212,6 +222,8 @@ class FreshSource(AnnSource):
                  history_items: int = 10) -> None:
         if query not in FRESH_QUERIES:
             raise ValueError(f"candidates.fresh_query is {query!r}; expected one of {FRESH_QUERIES}")
+        if history_items < 1:
+            raise ValueError(f"candidates.fresh_history_items is {history_items}; expected at least 1")
         super().__init__(model, index, spec)
         self.query = query
         self.history_items = history_items
@@ -223,11 +235,9 @@ class FreshSource(AnnSource):
         found = _search(self.index, profile[None], k, None, exclude)
         if not found:
             return []
-        embedding = (user.embedding if user.embedding is not None else
-                     embed_users(self.model, np.array([self.spec.users.encode_one(user.user_id)], np.int64),
-                                 pad_histories([user.history], self.spec.max_history))[0])
         vectors = embed_items(self.model, self.spec.items.encode([i for i, _, _ in found]), content_only=True)
-        return [(i, float(s), t) for (i, _, t), s in zip(found, vectors @ embedding, strict=True)]
+        scores = vectors @ self._user_embedding(user)[0]
+        return [(i, float(s), t) for (i, _, t), s in zip(found, scores, strict=True)]
 
 
 FRESH_QUERIES = ("user", "history")

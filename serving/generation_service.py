@@ -23,7 +23,7 @@ import numpy as np
 
 from feedcore.config import EngineConfig
 from feedcore.text import load_text_encoder
-from generation.critic import Critic, ValueFn
+from generation.critic import Critic
 from generation.engagement import EngagementModel
 from generation.grounding import Catalog
 from generation.guardrails import Guardrails
@@ -57,7 +57,6 @@ class ServedModels:
         self.writer: PostWriter | None = None
         self.critic_path = critic_path
         self.learned: EngagementModel | None = None
-        self._learned_value: ValueFn | None = None
         self._pipeline = pipeline
         self._load_critic()
 
@@ -84,13 +83,15 @@ class ServedModels:
             return
         logger.info("generation service: critic learned from %d post impressions (%s)", learned.impressions,
                     self.critic_path)
-        self.learned, self._learned_value = learned, learned.value_fn(self.text_embeddings)
+        self.learned = learned
 
     def critic_value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
         """Best-of-N's value of candidate texts: the learned critic's P(engage) when one is loaded,
         else the value model's proxy (`value`), the cold start."""
-        learned = self._learned_value
-        return learned(user_id, texts, sources) if learned is not None else self.value(user_id, texts, sources)
+        learned = self.learned  # one read: a reload may swap it meanwhile
+        if learned is None:
+            return self.value(user_id, texts, sources)
+        return learned.value_fn(self.text_embeddings)(user_id, texts, sources)
 
     def value(self, user_id: str, texts: list[str], sources: list[SourceItem]) -> np.ndarray:
         """The critic's value: the value model's score of each candidate text for its user, as the

@@ -250,6 +250,8 @@ def test_fresh_source_history_query_searches_with_the_content_profile_and_scores
     assert {i for i, _, _ in user_query} != {i for i, _, _ in got}  # a different query, a different shelf
     with pytest.raises(ValueError, match="fresh_query"):
         FreshSource(model, fresh_index(model, spec, items), spec, "profile")
+    with pytest.raises(ValueError, match="fresh_history_items is 0"):
+        FreshSource(model, fresh_index(model, spec, items), spec, "history", history_items=0)
 
 
 def test_make_candidate_generator_adds_the_fresh_source_with_its_quota(bundled_data):
